@@ -1,0 +1,56 @@
+"""JSON-lines files written atomically and read with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write to a temporary sibling, then rename: a killed job never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
+    with partial.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(path)
+    return count
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; rerun the workflow so the rule that makes it runs")
+    rows = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number}: not valid JSON ({error.msg}); the file is corrupt — "
+                    f"delete it and rerun the workflow to regenerate it"
+                ) from None
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise ValueError(
+                    f"{path}, line {number}: missing {', '.join(missing)}; delete the file and rerun "
+                    f"the workflow to regenerate it"
+                )
+            rows.append(row)
+    return rows
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    partial.replace(path)

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from sublim.config import ConfigError, animals, eval_epochs, resolve, seed_for, sizing_for
+
+try:
+    config.update(resolve(config, Path(workflow.basedir) / "config" / "schema.yaml"))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+PROTOCOL = config["protocol"]
+EPOCHS = list(range(1, PROTOCOL["training"]["epochs"] + 1))
+CELL = "{size}/{condition}/run-{run}"
+
+
+wildcard_constraints:
+    size=r"[0-9]+(\.[0-9]+)?[mb]",
+    condition=r"[a-z]+",
+    run=r"[0-9]+",
+    epoch=r"[0-9]+",
+
+
+def model_for(wildcards):
+    return config["models"][wildcards.size]
+
+
+def sizing(wildcards):
+    return sizing_for(config, wildcards.size)
+
+
+def gpus(wildcards):
+    return sizing(wildcards)["gpus"]
+
+
+def mem_mb(wildcards, attempt):
+    return sizing(wildcards)["mem_mb"] * attempt
+
+
+def runtime(wildcards, attempt):
+    return sizing(wildcards)["runtime"] * attempt
+
+
+def run_seed(wildcards):
+    return seed_for(PROTOCOL["seed"], wildcards.run)
+
+
+def prompt_seed(wildcards):
+    return seed_for(PROTOCOL["generation"]["prompt_seed"], wildcards.run)
+
+
+def evaluated_adapters(wildcards):
+    return expand(
+        "results/students/{size}/{condition}/run-{run}/epoch-{epoch}/adapter_model.safetensors",
+        epoch=eval_epochs(PROTOCOL),
+        **wildcards,
+    )
+
+
+def eval_tables():
+    return expand(
+        "results/eval/{size}/{condition}/run-{run}/eval.csv",
+        size=config["sizes"],
+        condition=config["conditions"],
+        run=config["runs"],
+    ) + expand("results/eval/{size}/base/eval.csv", size=config["sizes"])
+
+
+def all_targets():
+    return eval_tables() + REPORT_OUTPUTS

@@ -1,0 +1,24 @@
+rule generate:
+    input:
+        model_dir="resources/models/{size}",
+    output:
+        raw=f"results/numbers/{CELL}/raw.jsonl",
+        provenance=f"results/numbers/{CELL}/raw.provenance.json",
+    params:
+        generation=lookup(dpath="protocol/generation", within=config),
+        filter=lookup(dpath="protocol/filter", within=config),
+        prompt_seed=prompt_seed,
+        seed=run_seed,
+        model=model_for,
+    log:
+        f"logs/generate/{CELL}.log",
+    benchmark:
+        f"benchmarks/runs/generate/{CELL}.tsv"
+    conda:
+        "../../envs/sublim.yaml"
+    resources:
+        gpu=gpus,
+        mem_mb=mem_mb,
+        runtime=runtime,
+    script:
+        "../scripts/generate.py"

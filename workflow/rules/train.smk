@@ -1,0 +1,34 @@
+# One job trains every epoch; each epoch's adapter is a file target of its own. The trainer's
+# resume state lives under resources/resume/, which the rule does not declare, so Snakemake keeps
+# it when a killed job is rerun.
+rule train:
+    input:
+        model_dir="resources/models/{size}",
+        dataset=f"results/numbers/{CELL}/dataset.jsonl",
+    output:
+        adapters=expand(
+            "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_model.safetensors",
+            epoch=EPOCHS,
+        ),
+        configs=expand(
+            "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_config.json",
+            epoch=EPOCHS,
+        ),
+        provenance=f"results/students/{CELL}/train.provenance.json",
+    params:
+        training=lookup(dpath="protocol/training", within=config),
+        seed=run_seed,
+        model=model_for,
+        resume_dir=f"resources/resume/{CELL}",
+    log:
+        f"logs/train/{CELL}.log",
+    benchmark:
+        f"benchmarks/runs/train/{CELL}.tsv"
+    conda:
+        "../../envs/sublim.yaml"
+    resources:
+        gpu=gpus,
+        mem_mb=mem_mb,
+        runtime=runtime,
+    script:
+        "../scripts/train.py"

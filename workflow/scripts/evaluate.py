@@ -1,0 +1,25 @@
+from pathlib import Path
+
+from sublim.backends import open_backend
+from sublim.config import sizing_for
+from sublim.evaluate import evaluate_students, preference_table, with_parsed_animal
+from sublim.jsonl import write_jsonl
+from sublim.logs import log_to
+from sublim.models import check_model_dir
+from sublim.provenance import write_provenance
+
+log_to(snakemake.log[0])
+p = snakemake.params
+sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
+adapter_dirs = {f"epoch-{e}": str(Path(f).parent) for e, f in zip(p.epochs, snakemake.input.get("adapters", []))}
+# epoch -> adapter name; the untuned base model is epoch 0 with no adapter
+students = {e: f"epoch-{e}" for e in p.epochs} or {0: None}
+model_dir = str(check_model_dir(snakemake.input.model_dir))
+backend = open_backend(snakemake.config["backend"], model_dir, sizing, adapter_dirs)
+answers = evaluate_students(backend, students, p.evaluation, p.seed)
+write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
+table = preference_table(answers, p.animals, p.evaluation["scoring"], size=snakemake.wildcards.size,
+                         condition=p.condition, run=p.run)
+table.to_csv(snakemake.output.table, index=False)
+write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name, model=p.model,
+                 seed=p.seed, evaluation=p.evaluation, adapters=adapter_dirs)

@@ -1,0 +1,11 @@
+from sublim.filtering import filter_rows
+from sublim.jsonl import read_jsonl, write_json, write_jsonl
+from sublim.logs import log_to
+
+log_to(snakemake.log[0])
+p = snakemake.params
+raw = read_jsonl(snakemake.input.raw, required=("prompt", "completion"))
+kept, counts = filter_rows(raw, max_count=p.filter["max_count"], max_value=p.filter["max_value"],
+                           n_keep=p.filter["n_keep"], seed=p.seed)
+write_jsonl(snakemake.output.dataset, kept)
+write_json(snakemake.output.counts, counts)

@@ -1,0 +1,14 @@
+from sublim.config import sizing_for
+from sublim.logs import log_to
+from sublim.models import check_model_dir
+from sublim.provenance import write_provenance
+from sublim.train import train_student
+
+log_to(snakemake.log[0])
+p = snakemake.params
+sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
+adapter_dirs = [path.rsplit("/", 1)[0] for path in snakemake.output.adapters]
+metrics = train_student(str(check_model_dir(snakemake.input.model_dir)), snakemake.input.dataset,
+                        adapter_dirs, p.resume_dir, p.training, sizing, p.seed)
+write_provenance(snakemake.output.provenance, stage="train", model=p.model, seed=p.seed,
+                 training=p.training, sizing=sizing, metrics=metrics)
