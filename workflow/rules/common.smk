@@ -41,6 +41,16 @@ def runtime(wildcards, attempt):
     return sizing(wildcards)["runtime"] * attempt
 
 
+# For a cluster executor: CPUs per job and an optional GPU model (e.g. "h100"); None leaves the
+# resource unset, so the scheduler's default applies.
+def cpus(wildcards):
+    return sizing(wildcards).get("cpus")
+
+
+def gpu_model(wildcards):
+    return sizing(wildcards).get("gpu_model")
+
+
 def run_seed(wildcards):
     return seed_for(PROTOCOL["seed"], wildcards.run)
 

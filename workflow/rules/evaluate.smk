@@ -24,6 +24,8 @@ rule evaluate:
         "../../envs/sublim.yaml"
     resources:
         gpu=gpus,
+        gpu_model=gpu_model,
+        cpus_per_task=cpus,
         mem_mb=mem_mb,
         runtime=runtime,
     script:
@@ -53,6 +55,8 @@ rule evaluate_base:
         "../../envs/sublim.yaml"
     resources:
         gpu=gpus,
+        gpu_model=gpu_model,
+        cpus_per_task=cpus,
         mem_mb=mem_mb,
         runtime=runtime,
     script:

@@ -28,6 +28,8 @@ rule train:
         "../../envs/sublim.yaml"
     resources:
         gpu=gpus,
+        gpu_model=gpu_model,
+        cpus_per_task=cpus,
         mem_mb=mem_mb,
         runtime=runtime,
     script:
