@@ -47,7 +47,8 @@ def micro_batch(training: dict, sizing: dict) -> tuple[int, int]:
     return micro, effective // micro
 
 
-def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path) -> SFTConfig:
+def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
+               report_to: str = "none", run_name: str | None = None) -> SFTConfig:
     on_gpu = torch.cuda.is_available()
     micro, accumulation = micro_batch(training, sizing)
     return SFTConfig(
@@ -71,7 +72,10 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path) ->
         save_strategy="epoch",
         save_total_limit=1,
         logging_steps=1,
-        report_to="none",
+        report_to=report_to,
+        run_name=run_name,
+        # tokens/s for the tracker; off otherwise (it adds a gather per step)
+        include_num_input_tokens_seen="no" if report_to == "none" else "non_padding",
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )
@@ -100,9 +104,11 @@ class StashEpochAdapters(TrainerCallback):
 
 
 def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], resume_dir: str,
-                  training: dict, sizing: dict, seed: int) -> dict:
+                  training: dict, sizing: dict, seed: int, report_to: str = "none",
+                  run_name: str | None = None, callbacks: tuple = ()) -> dict:
     """Train, resuming from `resume_dir` if a checkpoint is there; then write epoch e's adapter
-    into adapter_dirs[e-1] and drop the resume state. Returns the trainer's final metrics."""
+    into adapter_dirs[e-1] and drop the resume state. Returns the trainer's final metrics.
+    `report_to`/`run_name`/`callbacks` hook in an experiment tracker (sublim.tracking)."""
     if len(adapter_dirs) != training["epochs"]:
         raise ValueError(f"{len(adapter_dirs)} adapter folders for {training['epochs']} epochs")
     resume_dir = Path(resume_dir)
@@ -115,11 +121,11 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(training, sizing, seed, checkpoint_dir),
+        args=sft_config(training, sizing, seed, checkpoint_dir, report_to, run_name),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(training["lora"]),
-        callbacks=[StashEpochAdapters(stash_dir)],
+        callbacks=[StashEpochAdapters(stash_dir), *callbacks],
     )
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
     if last:
