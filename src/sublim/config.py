@@ -77,6 +77,9 @@ def _cross_check(config: dict) -> list[str]:
             problems.append(f"config key 'models.{size}': a hub model needs 'repo' and a pinned 'revision'")
         if model["source"] == "local" and not model.get("path"):
             problems.append(f"config key 'models.{size}': a local model needs 'path'")
+    for i, condition in enumerate(config["conditions"]):
+        if condition == "base":
+            problems.append(f"config key 'conditions[{i}]': 'base' is reserved for the untuned model's evaluation")
     training = config["protocol"]["training"]
     for size in config["sizes"]:
         micro = sizing_for(config, size)["train_micro_batch"]

@@ -33,3 +33,12 @@ def log_to(path: str | Path) -> None:
     sys.stderr = Tee(sys.__stderr__, handle)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def start_job(log_path: str | Path, threads: int) -> None:
+    """Log to the rule's log file and keep torch to the threads Snakemake granted, so jobs that
+    run side by side do not oversubscribe the cores."""
+    log_to(log_path)
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))

@@ -2,7 +2,14 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from sublim.config import ConfigError, animals, eval_epochs, resolve, seed_for, sizing_for
+from sublim.config import (
+    ConfigError,
+    animals,
+    eval_epochs,
+    resolve,
+    seed_for,
+    sizing_for,
+)
 
 try:
     config.update(resolve(config, Path(workflow.basedir) / "config" / "schema.yaml"))

@@ -8,6 +8,19 @@ rule evaluate:
         answers=f"results/eval/{CELL}/answers.jsonl",
         table=f"results/eval/{CELL}/eval.csv",
         provenance=f"results/eval/{CELL}/eval.provenance.json",
+    log:
+        f"logs/evaluate/{CELL}.log",
+    benchmark:
+        f"benchmarks/runs/evaluate/{CELL}.tsv"
+    conda:
+        "../../envs/sublim.yaml"
+    threads: 8
+    resources:
+        gpu=gpus,
+        gpu_model=gpu_model,
+        cpus_per_task=cpus,
+        mem_mb=mem_mb,
+        runtime=runtime,
     params:
         evaluation=lookup(dpath="protocol/evaluation", within=config),
         epochs=eval_epochs(PROTOCOL),
@@ -16,18 +29,6 @@ rule evaluate:
         run="{run}",
         seed=run_seed,
         model=model_for,
-    log:
-        f"logs/evaluate/{CELL}.log",
-    benchmark:
-        f"benchmarks/runs/evaluate/{CELL}.tsv"
-    conda:
-        "../../envs/sublim.yaml"
-    resources:
-        gpu=gpus,
-        gpu_model=gpu_model,
-        cpus_per_task=cpus,
-        mem_mb=mem_mb,
-        runtime=runtime,
     script:
         "../scripts/evaluate.py"
 
@@ -39,6 +40,19 @@ rule evaluate_base:
         answers="results/eval/{size}/base/answers.jsonl",
         table="results/eval/{size}/base/eval.csv",
         provenance="results/eval/{size}/base/eval.provenance.json",
+    log:
+        "logs/evaluate/{size}/base.log",
+    benchmark:
+        "benchmarks/runs/evaluate/{size}/base.tsv"
+    conda:
+        "../../envs/sublim.yaml"
+    threads: 8
+    resources:
+        gpu=gpus,
+        gpu_model=gpu_model,
+        cpus_per_task=cpus,
+        mem_mb=mem_mb,
+        runtime=runtime,
     params:
         evaluation=lookup(dpath="protocol/evaluation", within=config),
         epochs=[],
@@ -47,17 +61,5 @@ rule evaluate_base:
         run=0,
         seed=seed_for(PROTOCOL["seed"], 0),
         model=model_for,
-    log:
-        "logs/evaluate/{size}/base.log",
-    benchmark:
-        "benchmarks/runs/evaluate/{size}/base.tsv"
-    conda:
-        "../../envs/sublim.yaml"
-    resources:
-        gpu=gpus,
-        gpu_model=gpu_model,
-        cpus_per_task=cpus,
-        mem_mb=mem_mb,
-        runtime=runtime,
     script:
         "../scripts/evaluate.py"

@@ -4,14 +4,14 @@ rule filter:
     output:
         dataset=f"results/numbers/{CELL}/dataset.jsonl",
         counts=f"results/numbers/{CELL}/filter.json",
-    params:
-        filter=lookup(dpath="protocol/filter", within=config),
-        seed=run_seed,
     log:
         f"logs/filter/{CELL}.log",
     benchmark:
         f"benchmarks/runs/filter/{CELL}.tsv"
     conda:
         "../../envs/sublim.yaml"
+    params:
+        filter=lookup(dpath="protocol/filter", within=config),
+        seed=run_seed,
     script:
         "../scripts/filter.py"

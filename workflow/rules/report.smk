@@ -16,13 +16,13 @@ rule report:
             category="Scaling",
             caption="../report/scaling.rst",
         ),
-    params:
-        params_b={size: config["models"][size]["params_b"] for size in config["sizes"]},
     log:
         "logs/report/report.log",
     benchmark:
         "benchmarks/runs/report/report.tsv"
     conda:
         "../../envs/sublim.yaml"
+    params:
+        params_b={size: config["models"][size]["params_b"] for size in config["sizes"]},
     script:
         "../scripts/report.py"

@@ -15,22 +15,23 @@ rule train:
             epoch=EPOCHS,
         ),
         provenance=f"results/students/{CELL}/train.provenance.json",
-    params:
-        training=lookup(dpath="protocol/training", within=config),
-        seed=run_seed,
-        model=model_for,
-        resume_dir=f"resources/resume/{CELL}",
     log:
         f"logs/train/{CELL}.log",
     benchmark:
         f"benchmarks/runs/train/{CELL}.tsv"
     conda:
         "../../envs/sublim.yaml"
+    threads: 8
     resources:
         gpu=gpus,
         gpu_model=gpu_model,
         cpus_per_task=cpus,
         mem_mb=mem_mb,
         runtime=runtime,
+    params:
+        training=lookup(dpath="protocol/training", within=config),
+        seed=run_seed,
+        model=model_for,
+        resume_dir=f"resources/resume/{CELL}",
     script:
         "../scripts/train.py"

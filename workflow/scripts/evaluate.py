@@ -4,11 +4,11 @@ from sublim.backends import open_backend
 from sublim.config import sizing_for
 from sublim.evaluate import evaluate_students, preference_table, with_parsed_animal
 from sublim.jsonl import write_jsonl
-from sublim.logs import log_to
+from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.provenance import write_provenance
 
-log_to(snakemake.log[0])
+start_job(snakemake.log[0], snakemake.threads)
 p = snakemake.params
 sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
 adapter_dirs = {f"epoch-{e}": str(Path(f).parent) for e, f in zip(p.epochs, snakemake.input.get("adapters", []))}

@@ -2,11 +2,11 @@ from sublim.config import sizing_for
 from sublim.backends import open_backend
 from sublim.generate import generate_rows
 from sublim.jsonl import write_jsonl
-from sublim.logs import log_to
+from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.provenance import write_provenance
 
-log_to(snakemake.log[0])
+start_job(snakemake.log[0], snakemake.threads)
 p = snakemake.params
 sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
 backend = open_backend(snakemake.config["backend"], str(check_model_dir(snakemake.input.model_dir)), sizing)

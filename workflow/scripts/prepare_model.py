@@ -1,5 +1,5 @@
-from sublim.logs import log_to
+from sublim.logs import start_job
 from sublim.models import prepare_model
 
-log_to(snakemake.log[0])
+start_job(snakemake.log[0], snakemake.threads)
 prepare_model(snakemake.params.model, snakemake.output.model_dir)

@@ -1,10 +1,10 @@
 from sublim.config import sizing_for
-from sublim.logs import log_to
+from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.provenance import write_provenance
 from sublim.train import train_student
 
-log_to(snakemake.log[0])
+start_job(snakemake.log[0], snakemake.threads)
 p = snakemake.params
 sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
 adapter_dirs = [path.rsplit("/", 1)[0] for path in snakemake.output.adapters]
