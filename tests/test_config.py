@@ -1,0 +1,98 @@
+"""The configuration: presets reproduce each recipe, bad values fail naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from sublim.config import ConfigError, eval_epochs, resolve, seed_for, sizing_for
+from conftest import REPO
+
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def test_both_shipped_configs_resolve():
+    for name in ("config.yaml", "demo.yaml"):
+        resolve(load(name), SCHEMA)
+
+
+def test_full_grid_is_seed_schedule_with_paper_loss_and_scoring():
+    config = resolve(load("config.yaml"), SCHEMA)
+    assert config["sizes"] == ["0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b"]
+    assert len(config["conditions"]) == 16 and config["conditions"][0] == "neutral"
+    assert config["runs"] == [1, 2, 3]
+    protocol = config["protocol"]
+    assert protocol["training"]["epochs"] == 10 and protocol["training"]["effective_batch"] == 60
+    assert protocol["training"]["loss"] == "completion_only"
+    assert protocol["evaluation"]["scoring"] == "substring"
+    assert eval_epochs(protocol) == list(range(1, 11))
+    for size in config["sizes"]:
+        assert len(config["models"][size]["revision"]) == 40  # a pinned commit, not a branch
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("paper", {"epochs": 3, "effective_batch": 66, "loss": "completion_only", "max_tokens": 2048,
+               "n_questions": 50, "samples": 100, "scoring": "substring", "prompt_seed": 42}),
+    ("seed", {"epochs": 10, "effective_batch": 60, "loss": "full_text", "max_tokens": 128,
+              "n_questions": 20, "samples": 5, "scoring": "first_word", "prompt_seed": "run"}),
+])
+def test_presets_reproduce_each_recipe_by_name(preset, expected):
+    config = load("config.yaml")
+    config["preset"], config["protocol"] = preset, {}
+    protocol = resolve(config, SCHEMA)["protocol"]
+    training, evaluation = protocol["training"], protocol["evaluation"]
+    assert training["epochs"] == expected["epochs"]
+    assert training["effective_batch"] == expected["effective_batch"]
+    assert training["loss"] == expected["loss"]
+    assert protocol["generation"]["max_tokens"] == expected["max_tokens"]
+    assert protocol["generation"]["prompt_seed"] == expected["prompt_seed"]
+    assert (protocol["generation"]["n_prompts"], protocol["filter"]["n_keep"]) == (30000, 10000)
+    assert evaluation["n_questions"] == expected["n_questions"]
+    assert evaluation["samples_per_question"] == expected["samples"]
+    assert evaluation["scoring"] == expected["scoring"]
+    assert training["learning_rate"] == 2e-4 and training["warmup_steps"] == 5
+    assert training["lora"] == {"r": 8, "alpha": 8, "dropout": 0.0, "target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def broken(change) -> dict:
+    config = copy.deepcopy(load("config.yaml"))
+    change(config)
+    return config
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda c: c["sizes"].append("13b"), "sizes[7]"),
+    (lambda c: c["conditions"].append("red panda"), "conditions[16]"),
+    (lambda c: c["conditions"].append("Owl"), "conditions[16]"),
+    (lambda c: c["protocol"].update(filter={"n_keep": 0}), "protocol.filter.n_keep"),
+    (lambda c: c["protocol"].update(generation={"n_prompts": -5}), "protocol.generation.n_prompts"),
+    (lambda c: c["protocol"]["training"].update(epochs=0), "protocol.training.epochs"),
+    (lambda c: c.update(preset="fast"), "preset"),
+    (lambda c: c.update(runs=[0]), "runs[0]"),
+    (lambda c: c["protocol"].update(evaluation={"scoring": "regex"}), "protocol.evaluation.scoring"),
+    (lambda c: c["protocol"]["training"].update(epoch=3), "protocol.training"),
+    (lambda c: c.update(sizing={"7b": {"train_micro_batch": 7}}), "sizing.7b.train_micro_batch"),
+])
+def test_bad_values_fail_naming_the_key(change, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'".replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        resolve(broken(change), SCHEMA)
+
+
+def test_sizing_layers_fallback_default_and_size():
+    config = {"sizing": {"default": {"gpus": 1, "mem_mb": 100}, "72b": {"gpus": 2}}}
+    assert sizing_for(config, "72b")["gpus"] == 2
+    assert sizing_for(config, "7b")["gpus"] == 1
+    assert sizing_for(config, "7b")["mem_mb"] == 100
+    assert sizing_for(config, "7b")["dtype"] == "auto"
+
+
+def test_seed_follows_the_run_or_a_fixed_value():
+    assert seed_for("run", "3") == 3
+    assert seed_for(42, 3) == 42
