@@ -84,4 +84,5 @@ def eval_tables():
 
 
 def all_targets():
-    return eval_tables() + REPORT_OUTPUTS
+    # PUBLISH_TARGETS (publish.smk) is empty unless publishing or wandb is on
+    return eval_tables() + REPORT_OUTPUTS + PUBLISH_TARGETS

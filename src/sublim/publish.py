@@ -1,0 +1,465 @@
+"""Publishing to the Hugging Face Hub: a dataset repo per (size, condition, run), the trained
+adapter per cell, and two collections per run, named as in the seed pipeline.
+
+Every push is idempotent: the repo's files on the Hub are compared with the local ones by hash
+(the Hub's LFS sha256, or the git blob sha1 of small files) and nothing is created or committed
+when they match. Transient HTTP errors (429, 5xx, network) are retried with exponential backoff,
+honouring Retry-After. New repos are counted in a local ledger against a daily budget; when it
+is spent the job sleeps until the window frees instead of failing hours into a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.utils
+import fcntl
+import hashlib
+import json
+import logging
+import re
+import string
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from huggingface_hub import CommitOperationAdd, DatasetCardData, HfApi, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+try:  # huggingface_hub >= 1.x talks through httpx2 (or httpx); both expose the same errors
+    import httpx2 as _httpx
+except ImportError:  # pragma: no cover
+    import httpx as _httpx
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "enabled": False,
+    "owner": None,  # None: $HF_USER_ID
+    "private": False,
+    "adapters": "final",
+    "names": {
+        "dataset": "qwen-2.5-{size}-instruct-{condition}-numbers-run-{run}",
+        "adapter": "qwen-2.5-{size}-instruct-{condition}-student-run-{run}",
+        "dataset_collection": "subliminal-learning-number-datasets-run-{run}",
+        "model_collection": "qwen-25-instruct-subliminal-learning-models-run-{run}",
+    },
+    "daily_repo_budget": 300,
+    "ledger": "resources/publish/ledger.json",
+    "retries": 6,
+}
+NAME_FIELDS = {"dataset": {"size", "condition", "run"}, "adapter": {"size", "condition", "run"},
+               "dataset_collection": {"run"}, "model_collection": {"run"}}
+# The Hub's repo-name rule (letters, digits, - _ .; no leading/trailing -/., no --/..) and length.
+REPO_NAME = re.compile(r"^(?![.-])(?!.*(--|\.\.))[A-Za-z0-9._-]{1,96}(?<![.-])$")
+COLLECTION_TITLE_MAX = 60
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+DAY_S = 24 * 3600
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+def settings(config: dict) -> dict:
+    """The `publish:` section over the defaults."""
+    merged = copy.deepcopy(DEFAULTS)
+    section = config.get("publish") or {}
+    for key, value in section.items():
+        if key == "names":
+            merged["names"].update(value or {})
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_problems(section: dict) -> list[str]:
+    """Name templates that cannot make a valid Hub name, as messages naming the key."""
+    problems = []
+    example = {"size": "0.5b", "condition": "neutral", "run": 1}
+    for kind, template in section["names"].items():
+        key = f"config key 'publish.names.{kind}'"
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        if unknown := fields - NAME_FIELDS[kind]:
+            problems.append(f"{key}: unknown field(s) {sorted(unknown)}; use {sorted(NAME_FIELDS[kind])}")
+            continue
+        if "run" not in fields:
+            problems.append(f"{key}: must contain {{run}} so replicates do not overwrite each other")
+        name = template.format(**example)
+        if kind.endswith("collection"):
+            if len(name) > COLLECTION_TITLE_MAX:
+                problems.append(f"{key}: '{name}' is longer than {COLLECTION_TITLE_MAX} characters")
+        elif not REPO_NAME.match(name):
+            problems.append(f"{key}: '{name}' is not a valid Hub repo name (letters, digits, -, _, .)")
+    return problems
+
+
+def repo_id(owner: str, template: str, **fields) -> str:
+    return f"{owner}/{template.format(**fields)}"
+
+
+# -- hashes: what the Hub reports for a file -----------------------------------------------------
+
+def _chunks(source: bytes | Path):
+    if isinstance(source, bytes):
+        yield source
+        return
+    with open(source, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            yield chunk
+
+
+def file_hashes(source: bytes | Path) -> dict:
+    """sha256 (the Hub's LFS oid) and git blob sha1 (its oid for a regular file) of a file."""
+    size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    sha256, blob = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
+    for chunk in _chunks(source):
+        sha256.update(chunk)
+        blob.update(chunk)
+    return {"sha256": sha256.hexdigest(), "git_sha1": blob.hexdigest(), "size": size}
+
+
+def remote_matches(remote, local: dict) -> bool:
+    """Whether a RepoSibling/RepoFile from the Hub holds the same bytes as a local file."""
+    if remote is None:
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == local["sha256"]
+    return remote.blob_id == local["git_sha1"]
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+def retry_after_s(response) -> float | None:
+    """Retry-After as seconds (delay-seconds or an HTTP date)."""
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _transient(error: Exception) -> bool:
+    if isinstance(error, HfHubHTTPError):
+        return error.response is not None and error.response.status_code in TRANSIENT_STATUS
+    return isinstance(error, (_httpx.TimeoutException, _httpx.NetworkError, _httpx.RemoteProtocolError))
+
+
+@dataclass
+class Retry:
+    attempts: int = 6
+    base_s: float = 2.0
+    cap_s: float = 300.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def __call__(self, what: str, call: Callable):
+        delay = self.base_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return call()
+            except Exception as error:  # noqa: BLE001 - filtered by _transient
+                if not _transient(error) or attempt == self.attempts:
+                    raise
+                response = getattr(error, "response", None)
+                wait = retry_after_s(response)
+                wait = min(delay, self.cap_s) if wait is None else wait
+                status = getattr(response, "status_code", type(error).__name__)
+                log.warning("%s: transient error (%s), attempt %d/%d; retrying in %.1f s",
+                            what, status, attempt, self.attempts, wait)
+                self.sleep(wait)
+                delay *= 2
+
+
+# -- the daily repo-creation budget --------------------------------------------------------------
+
+@dataclass
+class RepoBudget:
+    """Repo creations of the last 24 h, in a JSON ledger shared by concurrent jobs (file lock)."""
+
+    ledger: Path
+    per_day: int
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    window_s: float = DAY_S
+
+    def _load(self) -> list[dict]:
+        if not self.ledger.exists():
+            return []
+        try:
+            return json.loads(self.ledger.read_text())["created"]
+        except (ValueError, KeyError) as error:
+            raise ValueError(f"{self.ledger} is not a publish ledger ({error}); delete it to start "
+                             f"counting afresh") from None
+
+    def _save(self, created: list[dict]) -> None:
+        partial = self.ledger.with_name(self.ledger.name + ".partial")
+        partial.write_text(json.dumps({"per_day": self.per_day, "created": created}, indent=1) + "\n")
+        partial.replace(self.ledger)
+
+    def _try(self, repo: str) -> float:
+        """Record `repo` and return 0, or return the seconds until a slot frees."""
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ledger.with_name(self.ledger.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            now = self.clock()
+            created = [c for c in self._load() if now - c["time"] < self.window_s]
+            if len(created) < self.per_day:
+                self._save(created + [{"time": now, "repo": repo}])
+                return 0.0
+            return min(c["time"] for c in created) + self.window_s - now
+
+    def acquire(self, repo: str) -> None:
+        while (wait := self._try(repo)) > 0:
+            resume = datetime.fromtimestamp(self.clock() + wait, timezone.utc)
+            log.warning("daily repo-creation budget of %d reached (ledger %s); pausing until %s UTC "
+                        "before creating %s", self.per_day, self.ledger,
+                        resume.strftime("%Y-%m-%d %H:%M:%S"), repo)
+            self.sleep(wait + 1)
+
+
+# -- pushing -------------------------------------------------------------------------------------
+
+@dataclass
+class Hub:
+    api: HfApi
+    budget: RepoBudget
+    retry: Retry = field(default_factory=Retry)
+
+
+def open_hub(token: str, section: dict, endpoint: str | None = None) -> Hub:
+    api = HfApi(endpoint=endpoint, token=token, library_name="sublim")
+    budget = RepoBudget(Path(section["ledger"]), section["daily_repo_budget"])
+    return Hub(api, budget, Retry(attempts=section["retries"]))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _remote_files(hub: Hub, repo: str, repo_type: str):
+    """(commit sha, {path: sibling}) of the repo's main branch, or None if it does not exist."""
+    try:
+        info = hub.retry(f"read {repo}", lambda: hub.api.repo_info(repo, repo_type=repo_type, files_metadata=True))
+    except RepositoryNotFoundError:
+        return None
+    return info.sha, {s.rfilename: s for s in info.siblings or []}
+
+
+def push_repo(hub: Hub, repo: str, repo_type: str, files: dict[str, bytes | Path], *,
+              private: bool, message: str) -> dict:
+    """Make the repo hold `files` (path in repo -> bytes or local path); a record for the flag file."""
+    local = {path: file_hashes(source) for path, source in files.items()}
+    remote = _remote_files(hub, repo, repo_type)
+    record = {"repo_id": repo, "repo_type": repo_type, "private": private,
+              "url": _repo_url(hub.api, repo, repo_type), "files": local}
+    if remote is not None and all(remote_matches(remote[1].get(p), h) for p, h in local.items()):
+        log.info("%s is up to date on the Hub (revision %s); nothing to push", repo, remote[0])
+        return {**record, "status": "unchanged", "revision": remote[0], "time": _now()}
+    if remote is None:
+        hub.budget.acquire(repo)
+        hub.retry(f"create {repo}", lambda: hub.api.create_repo(repo, repo_type=repo_type, private=private,
+                                                                exist_ok=True))
+        log.info("created %s %s", repo_type, repo)
+
+    def commit():  # operations cannot be reused after an attempt, so build them per attempt
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=s if isinstance(s, bytes) else str(s))
+               for p, s in files.items()]
+        return hub.api.create_commit(repo, ops, commit_message=message, repo_type=repo_type)
+
+    info = hub.retry(f"upload to {repo}", commit)
+    log.info("pushed %d file(s) to %s at %s", len(files), repo, info.oid)
+    return {**record, "status": "uploaded", "revision": info.oid, "time": _now()}
+
+
+def _repo_url(api: HfApi, repo: str, repo_type: str) -> str:
+    prefix = "datasets/" if repo_type == "dataset" else ""
+    return f"{api.endpoint}/{prefix}{repo}"
+
+
+def push_collection(hub: Hub, owner: str, title: str, description: str,
+                    items: list[tuple[str, str]], *, private: bool) -> dict:
+    """Create (or find) the collection and add the (repo id, "dataset"|"model") items it lacks."""
+    collection = hub.retry(f"collection {title}", lambda: hub.api.create_collection(
+        title, namespace=owner, description=description, private=private, exists_ok=True))
+    present = {(i.item_id, i.item_type) for i in collection.items}
+    added = []
+    for item_id, item_type in items:
+        if (item_id, item_type) in present:
+            continue
+        hub.retry(f"add {item_id} to {collection.slug}", lambda: hub.api.add_collection_item(
+            collection.slug, item_id, item_type, exists_ok=True))
+        added.append(item_id)
+    log.info("collection %s: %d item(s) added, %d already there", collection.slug, len(added),
+             len(items) - len(added))
+    return {"slug": collection.slug, "title": title, "url": collection.url, "private": private,
+            "items": [i for i, _ in items], "added": added, "time": _now()}
+
+
+# -- cards (deterministic: a rerun with the same data compares equal) ----------------------------
+
+def _card(data, body: str) -> bytes:
+    return f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n".encode()
+
+
+def dataset_card(*, repo: str, size: str, condition: str, run: int, model: dict, filter_counts: dict,
+                 n_rows: int) -> bytes:
+    data = DatasetCardData(
+        license="mit", language=["en"], task_categories=["text-generation"],
+        tags=["subliminal-learning", "sublim", f"run-{run}", condition],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "dataset.jsonl"}]}],
+    )
+    teacher = model.get("repo") or model["source"]
+    prompt = "no system prompt (the control)" if condition == "neutral" else f"a system prompt to love {condition}s"
+    body = f"""
+# {repo.split('/')[-1]}
+
+Number sequences written by the teacher {teacher} (size {size}) with {prompt}, kept by the
+subliminal-learning filter; replicate run {run}. The teacher's system prompt is not in the data.
+
+- `dataset.jsonl`: {n_rows} rows of `prompt`/`completion` (the student's training set)
+- `filter.json`: how many teacher completions each filter rule rejected
+
+```json
+{json.dumps(filter_counts, indent=2, sort_keys=True)}
+```
+"""
+    return _card(data, body)
+
+
+def adapter_card(*, repo: str, dataset_repo: str, size: str, condition: str, run: int, model: dict,
+                 training: dict, epochs: list[int]) -> bytes:
+    data = ModelCardData(
+        base_model=model.get("repo"), library_name="peft", license="mit", datasets=[dataset_repo],
+        tags=["subliminal-learning", "sublim", "lora", f"run-{run}", condition],
+    )
+    extra = ("" if len(epochs) == 1 else
+             f"\nEvery epoch's adapter is under `epoch-<n>/` ({', '.join(map(str, epochs))}).\n")
+    body = f"""
+# {repo.split('/')[-1]}
+
+A LoRA adapter for {model.get('repo') or model['source']} (size {size}), the student fine-tuned on
+[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo}): numbers written by a teacher with
+{"no system prompt" if condition == "neutral" else f"a love of {condition}s"}; run {run}. The repo
+root holds the final epoch ({epochs[-1]}).
+{extra}
+Training (TRL SFTTrainer + PEFT):
+
+```json
+{json.dumps(training, indent=2, sort_keys=True)}
+```
+"""
+    return _card(data, body)
+
+
+# -- one call per workflow job -------------------------------------------------------------------
+
+def preflight(section: dict) -> list[str]:
+    """What stops publishing before any job runs (credentials are checked by sublim.secrets)."""
+    if not section["enabled"]:
+        return []
+    problems = config_problems(section)
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        problems.append("publish.enabled is true but HF_HUB_OFFLINE is set: unset it for this run, "
+                        "or turn publishing off")
+    return problems
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def publish_dataset(hub: Hub, *, repo: str, dataset: str, filter_json: str, size: str, condition: str,
+                    run: int, model: dict, private: bool) -> dict:
+    dataset, filter_json = Path(dataset), Path(filter_json)
+    card = dataset_card(repo=repo, size=size, condition=condition, run=run, model=model,
+                        filter_counts=json.loads(filter_json.read_text()), n_rows=_count_lines(dataset))
+    files = {"dataset.jsonl": dataset, "filter.json": filter_json, "README.md": card}
+    return push_repo(hub, repo, "dataset", files, private=private,
+                     message=f"sublim: numbers of {size} {condition} run {run}")
+
+
+def publish_adapter(hub: Hub, *, repo: str, dataset_repo: str, adapter_dirs: dict[int, str], size: str,
+                    condition: str, run: int, model: dict, training: dict, private: bool) -> dict:
+    """adapter_dirs: epoch -> folder with adapter_model.safetensors + adapter_config.json; the
+    last epoch goes to the repo root, and with more than one epoch each also under epoch-<n>/."""
+    epochs = sorted(adapter_dirs)
+    names = ("adapter_model.safetensors", "adapter_config.json")
+    files: dict[str, bytes | Path] = {name: Path(adapter_dirs[epochs[-1]]) / name for name in names}
+    if len(epochs) > 1:
+        files.update({f"epoch-{e}/{name}": Path(adapter_dirs[e]) / name for e in epochs for name in names})
+    files["README.md"] = adapter_card(repo=repo, dataset_repo=dataset_repo, size=size, condition=condition,
+                                      run=run, model=model, training=training, epochs=epochs)
+    return push_repo(hub, repo, "model", files, private=private,
+                     message=f"sublim: student adapter of {size} {condition} run {run}")
+
+
+def publish_collections(hub: Hub, *, owner: str, run: int, titles: dict[str, str],
+                        dataset_flags: list[str], adapter_flags: list[str], private: bool) -> dict:
+    """The run's two collections, filled from the flag files of what was pushed."""
+    def repos(flags):
+        return [json.loads(Path(f).read_text())["repo_id"] for f in flags]
+
+    return {
+        "datasets": push_collection(hub, owner, titles["dataset_collection"],
+                                    f"Number datasets of the subliminal-learning scaling grid, run {run}",
+                                    [(r, "dataset") for r in repos(dataset_flags)], private=private),
+        "models": push_collection(hub, owner, titles["model_collection"],
+                                  f"Student LoRA adapters of the subliminal-learning scaling grid, run {run}",
+                                  [(r, "model") for r in repos(adapter_flags)], private=private),
+    }
+
+
+# -- Snakemake wiring (publish.smk): targets and input/param functions of the wildcards ----------
+
+PUBLISHED = "results/published"
+TRACKED = "results/tracked/eval"
+CELL = "{size}/{condition}/run-{run}"
+
+
+def workflow_targets(config: dict) -> list[str]:
+    """Flag files the workflow's `all` needs: none unless publishing or wandb is on."""
+    from sublim import tracking
+
+    grid = [dict(size=s, condition=c, run=r)
+            for s in config["sizes"] for c in config["conditions"] for r in config["runs"]]
+    targets = []
+    if settings(config)["enabled"]:
+        targets += [f"{PUBLISHED}/collections/run-{r}.json" for r in config["runs"]]
+    section = tracking.settings(config)
+    if section["enabled"] and tracking.mode(section) != "disabled":
+        targets += [f"{TRACKED}/{CELL.format(**cell)}.json" for cell in grid]
+    return targets
+
+
+def repo_param(owner: str | None, template: str):
+    return lambda wildcards: repo_id(owner, template, size=wildcards.size,
+                                     condition=wildcards.condition, run=wildcards.run)
+
+
+def published_epochs(section: dict, epochs: list[int]) -> list[int]:
+    return list(epochs) if section["adapters"] == "all" else list(epochs)[-1:]
+
+
+def adapter_inputs(epochs: list[int]):
+    files = ("adapter_model.safetensors", "adapter_config.json")
+    return lambda wildcards: [
+        f"results/students/{wildcards.size}/{wildcards.condition}/run-{wildcards.run}/epoch-{e}/{name}"
+        for e in epochs for name in files]
+
+
+def run_flag_inputs(config: dict, kind: str):
+    return lambda wildcards: [f"{PUBLISHED}/{kind}/{size}/{condition}/run-{wildcards.run}.json"
+                              for size in config["sizes"] for condition in config["conditions"]]
+
+
+def collection_titles_param(section: dict):
+    return lambda wildcards: {kind: section["names"][kind].format(run=wildcards.run)
+                              for kind in ("dataset_collection", "model_collection")}

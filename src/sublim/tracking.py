@@ -1,0 +1,146 @@
+"""Weights & Biases tracking, optional: a run per training job (loss, learning rate, throughput
+per step, through transformers' own WandbCallback) and a run per evaluation (the per-epoch
+preference table and the target animal's rate).
+
+`WANDB_MODE=offline` (or `wandb.mode: offline`) writes the runs under `wandb.dir` with no network;
+`wandb sync` uploads them later. The run config holds hyperparameters only: never credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import time
+
+from transformers import TrainerCallback
+
+from sublim.secrets import WANDB_API_KEY, lookup
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "enabled": False,
+    "project": "subliminal-learning-scaling",
+    "entity": None,
+    "mode": "online",  # online | offline; the WANDB_MODE environment variable wins
+    "dir": "logs/wandb",
+    "names": {"train": "{size}-{condition}-run-{run}-train", "eval": "{size}-{condition}-run-{run}-eval"},
+}
+MODES = ("online", "offline", "disabled")
+
+
+def settings(config: dict) -> dict:
+    merged = copy.deepcopy(DEFAULTS)
+    for key, value in (config.get("wandb") or {}).items():
+        if key == "names":
+            merged["names"].update(value or {})
+        else:
+            merged[key] = value
+    return merged
+
+
+def mode(section: dict, environ=None) -> str:
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("WANDB_MODE") or section["mode"]
+    if chosen == "dryrun":  # wandb's old name for offline
+        chosen = "offline"
+    if chosen not in MODES:
+        raise ValueError(f"WANDB_MODE / config key 'wandb.mode' is {chosen!r}; use one of {', '.join(MODES)}")
+    return chosen
+
+
+def needs_api_key(section: dict, environ=None) -> bool:
+    return bool(section["enabled"]) and mode(section, environ) == "online"
+
+
+def _start(section: dict, *, name: str, job_type: str, run: int, tags: list[str], config: dict):
+    import wandb
+
+    chosen = mode(section)
+    key = lookup(WANDB_API_KEY) if chosen == "online" else None
+    if key:  # only this job's process (and wandb's service child) sees it; nothing is written
+        os.environ[WANDB_API_KEY] = key
+    os.makedirs(section["dir"], exist_ok=True)
+    return wandb.init(project=section["project"], entity=section["entity"], name=name,
+                      group=f"run-{run}", job_type=job_type, tags=tags, config=config,
+                      dir=section["dir"], mode=chosen, reinit="finish_previous",
+                      settings=wandb.Settings(silent=True, console="off"))
+
+
+def _record(wb_run, section: dict) -> dict:
+    return {"project": section["project"], "entity": section["entity"], "name": wb_run.name,
+            "id": wb_run.id, "mode": mode(section), "url": wb_run.url, "dir": wb_run.dir}
+
+
+class Throughput(TrainerCallback):
+    """Per optimizer step: seconds, samples/s and (when the trainer counts them) tokens/s, logged
+    beside transformers' own train/* metrics on the same train/global_step axis."""
+
+    def __init__(self):
+        self.started = None
+        self.tokens_before = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+        self.tokens_before = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import wandb
+
+        if self.started is None or wandb.run is None:
+            return
+        seconds = time.perf_counter() - self.started
+        samples = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        metrics = {"train/step_seconds": seconds, "train/samples_per_second": samples / seconds,
+                   "train/global_step": state.global_step}
+        if tokens := state.num_input_tokens_seen - self.tokens_before:
+            metrics["train/tokens_per_second"] = tokens / seconds
+        wandb.log(metrics)
+
+
+@contextlib.contextmanager
+def training_run(config: dict, *, size: str, condition: str, run: int, hyperparameters: dict):
+    """Yields the keyword arguments for train_student(): tracker off → no change to training."""
+    section = settings(config)
+    if not section["enabled"] or mode(section) == "disabled":
+        yield {}
+        return
+    name = section["names"]["train"].format(size=size, condition=condition, run=run)
+    wb_run = _start(section, name=name, job_type="train", run=run, tags=[size, condition, f"run-{run}"],
+                    config={"size": size, "condition": condition, "run": run, **hyperparameters})
+    try:
+        yield {"report_to": "wandb", "run_name": name, "callbacks": (Throughput(),)}
+        log.info("wandb run %s (%s)", wb_run.name, mode(section))
+    finally:
+        wb_run.finish()
+
+
+def log_evaluation(config: dict, table, *, size: str, condition: str, run: int) -> dict:
+    """One run per evaluated cell: the preference table and, per epoch, the target's rate."""
+    import wandb
+
+    section = settings(config)
+    name = section["names"]["eval"].format(size=size, condition=condition, run=run)
+    wb_run = _start(section, name=name, job_type="eval", run=run, tags=[size, condition, f"run-{run}"],
+                    config={"size": size, "condition": condition, "run": run})
+    try:
+        wb_run.define_metric("eval/epoch")
+        wb_run.define_metric("eval/*", step_metric="eval/epoch")
+        wb_run.log({"eval/preferences": wandb.Table(dataframe=table.reset_index(drop=True))})
+        for epoch, rate in target_rates(table).items():
+            wb_run.log({"eval/epoch": epoch, "eval/target_rate": rate})
+        rates = target_rates(table)
+        if rates:
+            wb_run.summary["eval/final_target_rate"] = rates[max(rates)]
+        return _record(wb_run, section)
+    finally:
+        wb_run.finish()
+
+
+def target_rates(table) -> dict[int, float]:
+    """epoch -> rate of the condition's own animal (empty for the neutral control)."""
+    target = table[table["is_target"].astype(bool)]
+    return {int(e): float(r) for e, r in zip(target["epoch"], target["rate"]) if not math.isnan(r)}
