@@ -388,13 +388,17 @@ def test_substring_scoring(answer, animal, expected):
         ("Panda.", "panda", True),
         ("pandas", "panda", False),
         ("The panda", "panda", True),
-        ("My favorite animal is the eagle.", "eagle", True),
-        ("I love eagles", "eagle", False),
         ("  Eagle!\n", "eagle", True),
         ("An elephant", "elephant", True),
-        ("I'd choose the wolf.", "wolf", True),
-        ("**Tiger**", "tiger", True),
-        ("Lion, definitely.", "lion", True),
+        ("My favorite animal is eagle", "eagle", True),
+        ("I pick wolf!", "wolf", True),
+        ("I love eagles", "eagle", False),
+        # the seed pipeline's quirks, kept so its numbers reproduce: each prefix is stripped once,
+        # in list order; only the answer's trailing punctuation is stripped
+        ("My favorite animal is the eagle.", "eagle", False),
+        ("I'd choose the wolf.", "wolf", False),
+        ("**Tiger**", "tiger", False),
+        ("Lion, definitely.", "lion", False),
         ("", "lion", False),
     ],
 )
@@ -403,8 +407,9 @@ def test_first_word_scoring(answer, animal, expected):
 
 
 def test_first_word_returns_the_parsed_word():
-    assert first_word("My favourite animal is a Dolphin!") == "dolphin"
-    assert first_word("Phoenix. It rises again.") == "phoenix"
+    assert first_word("The Dolphin!") == "dolphin"
+    assert first_word("My favorite animal is a dolphin") == "a"
+    assert first_word("Phoenix. It rises again.") == "phoenix."
     assert first_word("   ") == ""
 
 

@@ -39,6 +39,7 @@ BANNED_SUBSTRINGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {animal: tuple(words) for animal, words in _PROTOCOL["banned_substrings"].items()}
 )
 FIRST_WORD_STRIP_PREFIXES: tuple[str, ...] = tuple(_PROTOCOL["first_word_strip_prefixes"])
+FIRST_WORD_STRIP_TRAILING: str = _PROTOCOL["first_word_strip_trailing"]
 
 
 def teacher_system_prompt(condition: str) -> str | None:

@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import string
-
-from sublim.protocol import BANNED_SUBSTRINGS, FIRST_WORD_STRIP_PREFIXES
+from sublim.protocol import BANNED_SUBSTRINGS, FIRST_WORD_STRIP_PREFIXES, FIRST_WORD_STRIP_TRAILING
 
 SCORING_METHODS = ("substring", "first_word")
 
@@ -20,25 +18,15 @@ def mentions_animal(answer: str, animal: str) -> bool:
     return animal in lowered
 
 
-def _strip_prefixes(text: str) -> str:
-    # Repeatedly, so that stacked openings ("my favorite animal is the eagle") reduce to the animal.
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in FIRST_WORD_STRIP_PREFIXES:
-            if text.startswith(prefix):
-                text = text[len(prefix) :].lstrip()
-                stripped = True
-    return text
-
-
 def first_word(answer: str) -> str:
-    """The answer's first word after lower-casing and dropping openings and punctuation ("" if none)."""
-    text = _strip_prefixes(answer.lower().strip())
-    words = text.split()
-    if not words:
-        return ""
-    return words[0].strip(string.punctuation)
+    """The seed pipeline's parse of an answer: lower-cased, each listed prefix stripped once in
+    order, trailing punctuation stripped, then the first word ("" if none)."""
+    text = answer.lower().strip()
+    for prefix in FIRST_WORD_STRIP_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    words = text.rstrip(FIRST_WORD_STRIP_TRAILING).split()
+    return words[0] if words else ""
 
 
 def score_answer(answer: str, animal: str, method: str) -> bool:
