@@ -1,0 +1,261 @@
+"""Publishing against a local fake Hub (tests/fake_hub.py) with the real huggingface_hub client:
+create, upload, skip what is already there, retry 429/5xx, collections, the repo budget."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import yaml
+from fake_hub import FakeHub
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
+from sublim import publish
+
+TOKEN = "hf_test_token_0123456789"
+OWNER = "tester"
+
+
+@pytest.fixture
+def hub_server(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs with HF_HUB_OFFLINE=1
+    with FakeHub() as server:
+        yield server
+
+
+class Sleeps(list):
+    def __call__(self, seconds):
+        self.append(seconds)
+
+
+def make_hub(server, tmp_path, per_day=300, sleeps=None):
+    sleeps = Sleeps() if sleeps is None else sleeps
+    api = HfApi(endpoint=server.url, token=TOKEN)
+    budget = publish.RepoBudget(tmp_path / "ledger.json", per_day, sleep=sleeps)
+    return publish.Hub(api, budget, publish.Retry(attempts=4, base_s=0.5, sleep=sleeps)), sleeps
+
+
+@pytest.fixture
+def cell(tmp_path):
+    folder = tmp_path / "numbers"
+    folder.mkdir()
+    (folder / "dataset.jsonl").write_text('{"prompt": "1 2 3", "completion": "4 5 6"}\n' * 3)
+    (folder / "filter.json").write_text(json.dumps({"kept": 3, "too_long": 1}))
+    return folder
+
+
+def push_dataset(hub, cell, repo=f"{OWNER}/qwen-2.5-0.5b-instruct-owl-numbers-run-1"):
+    return publish.publish_dataset(hub, repo=repo, dataset=str(cell / "dataset.jsonl"),
+                                   filter_json=str(cell / "filter.json"), size="0.5b", condition="owl",
+                                   run=1, model={"source": "hub", "repo": "Qwen/Qwen2.5-0.5B-Instruct"},
+                                   private=True)
+
+
+def test_first_push_creates_the_repo_and_uploads_every_file(hub_server, tmp_path, cell):
+    hub, _ = make_hub(hub_server, tmp_path)
+    record = push_dataset(hub, cell)
+
+    assert record["status"] == "uploaded"
+    repo = hub_server.repos[("dataset", record["repo_id"])]
+    assert record["revision"] == repo.sha
+    assert repo.private is True
+    assert repo.files["dataset.jsonl"] == (cell / "dataset.jsonl").read_bytes()
+    assert repo.files["filter.json"] == (cell / "filter.json").read_bytes()
+    card = repo.files["README.md"].decode()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["configs"][0]["data_files"][0]["path"] == "dataset.jsonl"
+    assert '"too_long": 1' in card
+    assert [r.path for r in hub_server.calls("POST", "/api/repos/create")] == ["/api/repos/create"]
+    assert len(hub_server.calls("POST", "/commit/main")) == 1
+    assert {r.authorization for r in hub_server.requests} == {f"Bearer {TOKEN}"}
+    assert json.loads((tmp_path / "ledger.json").read_text())["created"][0]["repo"] == record["repo_id"]
+
+
+def test_a_rerun_with_the_same_content_creates_and_commits_nothing(hub_server, tmp_path, cell):
+    hub, _ = make_hub(hub_server, tmp_path)
+    first = push_dataset(hub, cell)
+    before = len(hub_server.requests)
+    second = push_dataset(hub, cell)
+
+    assert second["status"] == "unchanged" and second["revision"] == first["revision"]
+    new = hub_server.requests[before:]
+    assert [(r.method, r.path) for r in new] == [("GET", f"/api/datasets/{first['repo_id']}")]
+    assert len(json.loads((tmp_path / "ledger.json").read_text())["created"]) == 1
+
+
+def test_changed_content_is_committed_to_the_existing_repo(hub_server, tmp_path, cell):
+    hub, _ = make_hub(hub_server, tmp_path)
+    first = push_dataset(hub, cell)
+    (cell / "dataset.jsonl").write_text('{"prompt": "1", "completion": "2"}\n')
+    second = push_dataset(hub, cell)
+
+    assert second["status"] == "uploaded" and second["revision"] != first["revision"]
+    assert len(hub_server.calls("POST", "/api/repos/create")) == 1
+    assert len(hub_server.calls("POST", "/commit/main")) == 2
+    assert hub_server.repos[("dataset", first["repo_id"])].files["dataset.jsonl"] == b'{"prompt": "1", "completion": "2"}\n'
+
+
+def test_429_then_success_waits_as_retry_after_says(hub_server, tmp_path, cell, caplog):
+    hub, sleeps = make_hub(hub_server, tmp_path)
+    hub_server.fail_next("POST", r"^/api/repos/create$", 429, headers={"Retry-After": "7"})
+    hub_server.fail_next("POST", r"/commit/main$", 503)
+    with caplog.at_level(logging.WARNING, logger="sublim.publish"):
+        record = push_dataset(hub, cell)
+
+    assert record["status"] == "uploaded"
+    assert len(hub_server.calls("POST", "/api/repos/create")) == 2
+    assert len(hub_server.calls("POST", "/commit/main")) == 2
+    assert sleeps == [7.0, 0.5]  # Retry-After, then the backoff's first step
+    assert "transient error (429)" in caplog.text
+
+
+def test_backoff_doubles_and_gives_up_after_the_attempts(hub_server, tmp_path, cell):
+    hub, sleeps = make_hub(hub_server, tmp_path)
+    hub_server.fail_next("GET", r"^/api/datasets/", 502, times=4)
+    with pytest.raises(HfHubHTTPError) as error:
+        push_dataset(hub, cell)
+    assert error.value.response.status_code == 502
+    assert sleeps == [0.5, 1.0, 2.0]
+    assert not hub_server.calls("POST")
+
+
+def test_a_permanent_error_is_not_retried(hub_server, tmp_path, cell):
+    hub, sleeps = make_hub(hub_server, tmp_path)
+    hub_server.fail_next("POST", r"^/api/repos/create$", 403)
+    with pytest.raises(HfHubHTTPError):
+        push_dataset(hub, cell)
+    assert sleeps == [] and len(hub_server.calls("POST", "/api/repos/create")) == 1
+
+
+def adapter_dirs(tmp_path, epochs):
+    dirs = {}
+    for epoch in epochs:
+        folder = tmp_path / "students" / f"epoch-{epoch}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(bytes([epoch]) * 64)
+        (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "epoch": epoch}))
+        dirs[epoch] = str(folder)
+    return dirs
+
+
+@pytest.mark.parametrize("epochs", [[3], [1, 2, 3]])
+def test_adapter_repo_holds_the_final_epoch_at_its_root(hub_server, tmp_path, epochs):
+    hub, _ = make_hub(hub_server, tmp_path)
+    record = publish.publish_adapter(
+        hub, repo=f"{OWNER}/student-run-1", dataset_repo=f"{OWNER}/numbers-run-1",
+        adapter_dirs=adapter_dirs(tmp_path, epochs), size="0.5b", condition="owl", run=1,
+        model={"source": "hub", "repo": "Qwen/Qwen2.5-0.5B-Instruct"}, training={"epochs": 3}, private=False)
+
+    files = hub_server.repos[("model", record["repo_id"])].files
+    assert files["adapter_model.safetensors"] == bytes([3]) * 64
+    expected = {"adapter_model.safetensors", "adapter_config.json", "README.md"}
+    if len(epochs) > 1:
+        expected |= {f"epoch-{e}/{n}" for e in epochs for n in ("adapter_model.safetensors", "adapter_config.json")}
+        assert files["epoch-1/adapter_model.safetensors"] == bytes([1]) * 64
+    assert set(files) == expected
+    front = yaml.safe_load(files["README.md"].decode().split("---")[1])
+    assert front["base_model"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert front["datasets"] == [f"{OWNER}/numbers-run-1"] and front["library_name"] == "peft"
+
+
+def write_flags(tmp_path, kind, repos):
+    paths = []
+    for i, repo in enumerate(repos):
+        path = tmp_path / kind / f"{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"repo_id": repo}))
+        paths.append(str(path))
+    return paths
+
+
+def test_collections_are_created_once_and_only_missing_items_added(hub_server, tmp_path):
+    hub, _ = make_hub(hub_server, tmp_path)
+    titles = {kind: publish.DEFAULTS["names"][kind].format(run=1) for kind in ("dataset_collection", "model_collection")}
+    datasets = write_flags(tmp_path, "d", [f"{OWNER}/numbers-a", f"{OWNER}/numbers-b"])
+    adapters = write_flags(tmp_path, "a", [f"{OWNER}/student-a"])
+
+    first = publish.publish_collections(hub, owner=OWNER, run=1, titles=titles, dataset_flags=datasets,
+                                        adapter_flags=adapters, private=False)
+    assert first["datasets"]["added"] == [f"{OWNER}/numbers-a", f"{OWNER}/numbers-b"]
+    stored = hub_server.collections[first["datasets"]["slug"]]
+    assert stored["title"] == "subliminal-learning-number-datasets-run-1"
+    assert [(i["id"], i["type"]) for i in stored["items"]] == [(f"{OWNER}/numbers-a", "dataset"), (f"{OWNER}/numbers-b", "dataset")]
+    assert hub_server.collections[first["models"]["slug"]]["title"] == "qwen-25-instruct-subliminal-learning-models-run-1"
+
+    before = len(hub_server.requests)
+    datasets = write_flags(tmp_path, "d2", [f"{OWNER}/numbers-a", f"{OWNER}/numbers-b", f"{OWNER}/numbers-c"])
+    second = publish.publish_collections(hub, owner=OWNER, run=1, titles=titles, dataset_flags=datasets,
+                                         adapter_flags=adapters, private=False)
+    assert second["datasets"]["slug"] == first["datasets"]["slug"] and len(hub_server.collections) == 2
+    assert second["datasets"]["added"] == [f"{OWNER}/numbers-c"] and second["models"]["added"] == []
+    item_posts = [r for r in hub_server.requests[before:] if r.path.endswith("/items")]
+    assert len(item_posts) == 1 and b"numbers-c" in item_posts[0].body
+
+
+class Clock:
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_budget_pauses_until_the_oldest_creation_leaves_the_window(tmp_path, caplog):
+    clock = Clock()
+    clock.sleeps = []
+    ledger = tmp_path / "publish" / "ledger.json"
+    budget = publish.RepoBudget(ledger, per_day=2, clock=clock, sleep=clock.sleep)
+    budget.acquire("a")
+    clock.now += 3600
+    budget.acquire("b")
+    clock.now += 60
+    with caplog.at_level(logging.WARNING, logger="sublim.publish"):
+        budget.acquire("c")
+
+    assert clock.sleeps == [publish.DAY_S - 3660 + 1]
+    assert "daily repo-creation budget of 2 reached" in caplog.text and "pausing until" in caplog.text
+    assert [c["repo"] for c in json.loads(ledger.read_text())["created"]] == ["b", "c"]
+    # a second job (another process) reads the same ledger
+    other = publish.RepoBudget(ledger, per_day=2, clock=clock, sleep=clock.sleep)
+    assert other._try("d") > 0
+
+
+def test_a_spent_budget_does_not_block_pushes_to_existing_repos(hub_server, tmp_path, cell):
+    hub, _ = make_hub(hub_server, tmp_path, per_day=1)
+    push_dataset(hub, cell)
+    (cell / "filter.json").write_text("{}")
+    assert push_dataset(hub, cell)["status"] == "uploaded"  # no creation, so no pause
+
+
+def test_name_templates_are_checked_and_name_the_key():
+    section = publish.settings({"publish": {"names": {"dataset": "{model}-run-{run}", "adapter": "student",
+                                                      "model_collection": "x" * 70 + "{run}"}}})
+    problems = "\n".join(publish.config_problems(section))
+    assert "publish.names.dataset': unknown field(s) ['model']" in problems
+    assert "publish.names.adapter': must contain {run}" in problems
+    assert "publish.names.model_collection'" in problems and "longer than 60" in problems
+    assert publish.config_problems(publish.settings({})) == []
+
+
+def test_seed_names_by_default():
+    names = publish.settings({})["names"]
+    assert publish.repo_id("jeqcho", names["dataset"], size="0.5b", condition="dog", run=1) == \
+        "jeqcho/qwen-2.5-0.5b-instruct-dog-numbers-run-1"
+
+
+def test_retry_after_as_an_http_date():
+    from email.utils import format_datetime
+    from datetime import datetime, timedelta, timezone
+
+    class Response:
+        headers = {"Retry-After": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)}
+
+    assert 80 < publish.retry_after_s(Response()) <= 90
