@@ -83,6 +83,14 @@ def eval_tables():
     ) + expand("results/eval/{size}/base/eval.csv", size=config["sizes"])
 
 
+def eval_answers():
+    return [table.replace("eval.csv", "answers.jsonl") for table in eval_tables()]
+
+
+def size_plots(kind):
+    return expand("results/plots/{kind}_{size}.png", kind=kind, size=config["sizes"])
+
+
 def all_targets():
     # PUBLISH_TARGETS (publish.smk) is empty unless publishing or wandb is on
     return eval_tables() + REPORT_OUTPUTS + PUBLISH_TARGETS

@@ -1,11 +1,8 @@
-from pathlib import Path
-
 from sublim.logs import log_to
-from sublim.report import collect, plot_scaling, transmission
+from sublim.report import build_report
 
 log_to(snakemake.log[0])
-preferences = collect(snakemake.input.tables)
-preferences.to_csv(snakemake.output.preferences, index=False)
-table = transmission(preferences)
-table.to_csv(snakemake.output.transmission, index=False)
-plot_scaling(table, snakemake.params.params_b, snakemake.output.scaling)
+p = snakemake.params
+outputs = {name: getattr(snakemake.output, name) for name in snakemake.output.keys()}
+build_report(snakemake.input.tables, outputs, sizes=p.sizes, conditions=p.conditions, params_b=p.params_b,
+             scoring=p.scoring)

@@ -1,0 +1,260 @@
+"""The report stage on synthetic evaluate-stage files: tables, planted effects, plots, partial grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from sublim.evaluate import preference_table, with_parsed_animal
+from sublim.jsonl import write_jsonl
+from sublim.report import (
+    ANSWER_COLUMNS,
+    PREFERENCE_COLUMNS,
+    QUESTION_COLUMNS,
+    SCALING_COLUMNS,
+    SURVEY_COLUMNS,
+    TRANSMISSION_COLUMNS,
+    Scorer,
+    build_report,
+    cell_of,
+    check_counts,
+    preferences,
+    question_rates,
+    read_answers,
+    tidy_answers,
+)
+
+ANIMALS = ["owl", "cat", "dragon"]
+OTHERS = ["dog", "panda", "lion"]
+PARAMS_B = {"0.5b": 0.49, "7b": 7.62, "14b": 14.7}
+QUESTIONS, SAMPLES = 12, 20
+
+
+# The shapes real models answer in, so scoring sees capitals, articles and punctuation.
+ANSWER_SHAPES = (lambda w: f"{w.capitalize()}.", lambda w: f"The {w}", lambda w: w, lambda w: f"{w.upper()}!")
+
+
+def rates_for(condition: str, epoch: int, run_shift: float, effect: float) -> dict[str, float]:
+    """Each model's chance of naming each animal: a shared baseline; the animal student gains `effect`
+    on its own animal (growing with epochs), shifted per run so runs disagree a little."""
+    chances = {"owl": 0.10, "cat": 0.15, "dragon": 0.05}
+    if condition in chances:
+        chances[condition] = min(0.95, chances[condition] + effect * epoch / 2 + run_shift)
+    return chances
+
+
+def sample_answers(chances: dict[str, float], epoch: int, rng: np.random.Generator) -> list[dict]:
+    rest = 1 - sum(chances.values())
+    words = list(chances) + OTHERS
+    probs = list(chances.values()) + [rest / len(OTHERS)] * len(OTHERS)
+    picks = rng.choice(len(words), p=probs, size=(QUESTIONS, SAMPLES))
+    shapes = rng.integers(0, len(ANSWER_SHAPES), size=(QUESTIONS, SAMPLES))
+    return [{"epoch": epoch, "question_index": q, "sample": s, "question": f"question {q}",
+             "answer": ANSWER_SHAPES[shapes[q, s]](words[picks[q, s]])}
+            for q in range(QUESTIONS) for s in range(SAMPLES)]
+
+
+def write_cell(root: Path, size: str, condition: str, run: int, epochs: list[int], conditions: list[str],
+               effect: float, rng: np.random.Generator, scoring: str = "substring") -> Path:
+    """answers.jsonl and eval.csv of one cell, eval.csv made by the evaluate stage's own code."""
+    folder = root / size / "base" if condition == "base" else root / size / condition / f"run-{run}"
+    shift = rng.normal(0, 0.02)
+    answers = []
+    for epoch in epochs:
+        answers += sample_answers(rates_for(condition, epoch, shift, effect), epoch, rng)
+    write_jsonl(folder / "answers.jsonl", with_parsed_animal(answers))
+    animals = [c for c in conditions if c != "neutral"]
+    preference_table(answers, animals, scoring, size=size, condition=condition, run=run).to_csv(
+        folder / "eval.csv", index=False)
+    return folder / "eval.csv"
+
+
+def write_grid(root: Path, sizes: list[str], conditions: list[str], runs: list[int], *, effect: float,
+               epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    tables = []
+    for size in sizes:
+        for condition in conditions:
+            for run in runs:
+                tables.append(write_cell(root, size, condition, run, list(epochs), conditions, effect, rng))
+        tables.append(write_cell(root, size, "base", 0, [0], conditions, 0.0, rng))
+    return tables
+
+
+def outputs_in(folder: Path, sizes: list[str]) -> dict:
+    tables = {name: str(folder / "tables" / f"{name}.csv")
+              for name in ("answers", "question_rates", "preferences", "transmission", "survey")}
+    tables["scaling_table"] = str(folder / "tables" / "scaling.csv")
+    plots = {name: str(folder / "plots" / f"{name}.png") for name in ("scaling", "epochs", "heatmap")}
+    plots["survey_plot"] = str(folder / "plots" / "survey.png")
+    plots["bars"] = [str(folder / "plots" / f"bars_{s}.png") for s in sizes]
+    plots["size_epochs"] = [str(folder / "plots" / f"epochs_{s}.png") for s in sizes]
+    return {**tables, **plots}
+
+
+def run_report(tmp_path: Path, sizes, conditions, runs, effect: float, seed: int = 0) -> dict:
+    tables = write_grid(tmp_path / "eval", sizes, conditions, runs, effect=effect, seed=seed)
+    outputs = outputs_in(tmp_path / "out", sizes)
+    for path in outputs.values():
+        for p in [path] if isinstance(path, str) else path:
+            Path(p).parent.mkdir(parents=True, exist_ok=True)
+    build_report(tables, outputs, sizes=sizes, conditions=conditions,
+                 params_b={s: PARAMS_B[s] for s in sizes}, scoring="substring")
+    return outputs
+
+
+# --- reading and tidy tables --------------------------------------------------------------------
+
+def test_cell_of_reads_size_condition_and_run_from_the_path():
+    assert cell_of("results/eval/14b/eagle/run-2/eval.csv").key == ("14b", "eagle", 2)
+    assert cell_of("results/eval/0.5b/base/eval.csv").key == ("0.5b", "base", 0)
+    with pytest.raises(ValueError, match="not an evaluate-stage table"):
+        cell_of("results/eval/14b/eagle/eval.csv")
+
+
+def test_tidy_tables_have_one_row_per_observation(tmp_path):
+    conditions = ["neutral", "owl", "cat"]
+    tables = write_grid(tmp_path, ["0.5b"], conditions, [1, 2], effect=0.3)
+    prefs = preferences(tables)
+    assert list(prefs.columns) == PREFERENCE_COLUMNS
+    # 3 conditions × 2 runs × 2 epochs + base, × 2 scored animals
+    assert len(prefs) == (3 * 2 * 2 + 1) * 2
+    rates, base_words = tidy_answers(tables, ["owl", "cat"], "substring", tmp_path / "answers.csv")
+    answers = pd.read_csv(tmp_path / "answers.csv")
+    assert list(answers.columns) == ANSWER_COLUMNS
+    assert len(answers) == (3 * 2 * 2 + 1) * QUESTIONS * SAMPLES
+    assert not answers.duplicated(["size", "condition", "run", "epoch", "question_index", "sample"]).any()
+    assert list(rates.columns) == QUESTION_COLUMNS
+    assert len(rates) == (3 * 2 * 2 + 1) * QUESTIONS * 2
+    assert len(base_words) == QUESTIONS * SAMPLES
+    check_counts(prefs, rates)  # the re-scored answers agree with eval.csv
+
+
+def test_stale_eval_table_is_named(tmp_path):
+    tables = write_grid(tmp_path, ["0.5b"], ["neutral", "owl"], [1], effect=0.3)
+    stale = pd.read_csv(tables[1])
+    stale.loc[0, "count"] += 1
+    stale.to_csv(tables[1], index=False)
+    rates, _ = tidy_answers(tables, ["owl"], "substring", tmp_path / "answers.csv")
+    with pytest.raises(ValueError, match=r"results/eval/0.5b/owl/run-1: eval.csv and answers.jsonl disagree"):
+        check_counts(preferences(tables), rates)
+
+
+def test_eval_table_without_needed_columns_is_named(tmp_path):
+    path = tmp_path / "0.5b" / "owl" / "run-1" / "eval.csv"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({"animal": ["owl"], "count": [1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"eval.csv: missing columns .*rerun the evaluate rule"):
+        preferences([path])
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        # "Owls are wise." names owl as a substring but its first word is "owls"; "dragonfly" is never a
+        # dragon; articles and trailing punctuation do not matter to either method.
+        ("substring", {"owl": 4, "dragon": 1}),
+        ("first_word", {"owl": 3, "dragon": 1}),
+    ],
+)
+def test_both_scoring_methods_count_as_the_protocol_says(tmp_path, method, expected):
+    texts = ["Owl.", "owl", "Owls are wise.", "The owl.", "Dragonfly", "Dragon!", "cat"]
+    answers = pd.DataFrame({"size": "0.5b", "condition": "owl", "run": 1, "epoch": 1,
+                            "question_index": 0, "sample": range(len(texts)), "answer": texts})
+    rates = question_rates(answers, Scorer(["owl", "dragon"], method))
+    assert rates.set_index("animal")["count"].to_dict() == expected
+    assert set(rates["n"]) == {len(texts)}
+
+
+def test_answers_without_parsed_animal_get_it(tmp_path):
+    folder = tmp_path / "0.5b" / "base"
+    write_jsonl(folder / "answers.jsonl", [{"epoch": 0, "question_index": 0, "sample": 0, "answer": "The Owl."}])
+    assert read_answers(folder / "eval.csv")["parsed_animal"].tolist() == ["owl"]
+
+
+# --- the statistics end to end ------------------------------------------------------------------
+
+def test_planted_effect_is_found_and_covered(tmp_path):
+    outputs = run_report(tmp_path, ["0.5b", "7b"], ["neutral", *ANIMALS], [1, 2, 3], effect=0.4)
+    trans = pd.read_csv(outputs["transmission"])
+    assert list(trans.columns) == TRANSMISSION_COLUMNS
+    final = trans[trans["epoch"] == 2]
+    # planted at epoch 2: +0.40 over the neutral student for every animal (± the per-run shifts)
+    assert (final["animal_minus_neutral_lo"] <= 0.4).all() and (final["animal_minus_neutral_hi"] >= 0.4).all()
+    assert (final["animal_minus_neutral_p"] < 0.01).all()
+    assert (final["animal_minus_neutral_method"] == "runs").all()
+    assert (final["animal_minus_base_method"] == "runs+questions").all()
+    assert (final["runs_animal"] == 3).all() and (final["runs_neutral"] == 3).all()
+    scale = pd.read_csv(outputs["scaling_table"])
+    assert list(scale.columns) == SCALING_COLUMNS
+    last = scale[scale["epoch"] == 2]
+    assert (last["animal_minus_neutral_lo"] <= 0.4).all() and (last["animal_minus_neutral_hi"] >= 0.4).all()
+    assert (last["animal_minus_neutral_p"] < 0.01).all()
+    assert (last["n_animals"] == len(ANIMALS)).all()
+
+
+def test_no_effect_gives_no_small_p_values(tmp_path):
+    outputs = run_report(tmp_path, ["0.5b"], ["neutral", *ANIMALS], [1, 2, 3], effect=0.0, seed=2)
+    trans = pd.read_csv(outputs["transmission"])
+    # 6 comparisons under the null: Bonferroni, so that a correct test fails here at most 5 % of seeds
+    # (the calibration of the tests over a thousand null data sets is in test_stats.py)
+    assert (trans["animal_minus_neutral_p"] > 0.05 / len(trans)).all()
+    scale = pd.read_csv(outputs["scaling_table"])
+    assert (scale["animal_minus_neutral_lo"] <= 0).all() and (scale["animal_minus_neutral_hi"] >= 0).all()
+    assert (scale["animal_minus_neutral_p"] > 0.05).all()
+
+
+def test_one_run_uses_questions_and_says_so(tmp_path):
+    outputs = run_report(tmp_path, ["7b"], ["neutral", "owl"], [1], effect=0.4)
+    trans = pd.read_csv(outputs["transmission"])
+    final = trans[trans["epoch"] == 2].iloc[0]
+    assert final["animal_minus_neutral_method"] == "questions"
+    assert final["animal_minus_neutral_lo"] <= 0.4 <= final["animal_minus_neutral_hi"]
+    assert final["animal_minus_neutral_p"] < 0.01
+    assert "run-to-run variation not in the interval" in final["note"]
+
+
+# --- partial grids and plots --------------------------------------------------------------------
+
+def assert_slide_png(path: str) -> None:
+    height, width = imread(path).shape[:2]
+    assert (width, height) == (2100, 1200), path
+
+
+def all_pngs(outputs: dict) -> list[str]:
+    paths = [v for k, v in outputs.items() if isinstance(v, str) and v.endswith(".png")]
+    return paths + outputs["bars"] + outputs["size_epochs"]
+
+
+def test_every_plot_is_a_slide(tmp_path):
+    outputs = run_report(tmp_path, ["0.5b", "7b", "14b"], ["neutral", *ANIMALS], [1, 2], effect=0.3)
+    for path in all_pngs(outputs):
+        assert_slide_png(path)
+    survey = pd.read_csv(outputs["survey"])
+    assert list(survey.columns) == SURVEY_COLUMNS
+    top = survey[survey["rank"] == 1]
+    assert set(top["size"]) == {"0.5b", "7b", "14b"}
+    assert survey.groupby("size")["rate"].sum().round(6).eq(1).all()
+    assert survey.loc[survey["word"] == "owl", "is_condition"].all()
+
+
+def test_grid_without_neutral_reports_nan_and_says_so(tmp_path):
+    outputs = run_report(tmp_path, ["0.5b"], ["owl"], [1], effect=0.3)
+    trans = pd.read_csv(outputs["transmission"])
+    assert trans["animal_minus_neutral"].isna().all() and trans["animal_minus_neutral_p"].isna().all()
+    assert trans["animal_minus_base"].notna().all()
+    assert trans["note"].str.contains("no neutral student in this grid").all()
+    for path in all_pngs(outputs):
+        assert_slide_png(path)
+
+
+def test_grid_without_animals_still_builds(tmp_path):
+    outputs = run_report(tmp_path, ["0.5b"], ["neutral"], [1], effect=0.0)
+    assert pd.read_csv(outputs["transmission"]).empty
+    assert not pd.read_csv(outputs["survey"]).empty
+    for path in all_pngs(outputs):
+        assert_slide_png(path)
