@@ -4,6 +4,8 @@ killed job resumes from its last finished epoch."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -12,11 +14,11 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from sublim import attention
 from sublim.chat import student_example
-from sublim.jsonl import read_jsonl
+from sublim.jsonl import read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,46 @@ def lora_config(lora: dict) -> LoraConfig:
                       target_modules=list(lora["target_modules"]), bias="none", task_type="CAUSAL_LM")
 
 
+# The trainer's performance levers (profiles/*/sizing.yaml, benchmarks/README.md). None of them
+# changes the science: effective batch, schedule, loss, data order and LoRA stay the preset's.
+TRAIN_SIZING_DEFAULTS = {
+    "train_micro_batch": None,
+    "gradient_checkpointing": False,
+    "padding_free": False,        # rows concatenated, no pad tokens (TRL padding_free)
+    "attention": "auto",          # auto: sublim_varlen when padding-free, else sdpa
+    "liger_kernel": False,        # Liger's fused RMSNorm/SwiGLU/RoPE kernels
+    "torch_compile": False,
+    "fused_optimizer": False,     # adamw_torch -> adamw_torch_fused: the same update, one kernel
+    "logging_steps": 1,
+}
+
+
+def train_sizing(sizing: dict) -> dict:
+    return {**TRAIN_SIZING_DEFAULTS, **{k: v for k, v in sizing.items() if k in TRAIN_SIZING_DEFAULTS}}
+
+
+def attention_implementation(sizing: dict) -> str:
+    """The transformers attention implementation the student is loaded with."""
+    choice = train_sizing(sizing)["attention"]
+    if choice == "auto":
+        choice = "varlen" if train_sizing(sizing)["padding_free"] else "sdpa"
+    if choice == "varlen":
+        return attention.register()
+    if choice in ("sdpa", "eager"):
+        return choice
+    raise ValueError(f"sizing key 'attention': unknown value {choice!r}; choose auto, varlen, sdpa or eager")
+
+
+def optimizer_name(training: dict, sizing: dict) -> str:
+    name = training["optimizer"]
+    fused = train_sizing(sizing)["fused_optimizer"] and torch.cuda.is_available()
+    return "adamw_torch_fused" if fused and name == "adamw_torch" else name
+
+
 def micro_batch(training: dict, sizing: dict) -> tuple[int, int]:
     """(per-device batch, accumulation steps) giving the preset's effective batch exactly."""
     effective = training["effective_batch"]
-    micro = min(sizing["train_micro_batch"] or effective, effective)
+    micro = min(train_sizing(sizing)["train_micro_batch"] or effective, effective)
     if effective % micro:
         raise ValueError(f"train_micro_batch {micro} does not divide effective_batch {effective}")
     return micro, effective // micro
@@ -50,6 +88,7 @@ def micro_batch(training: dict, sizing: dict) -> tuple[int, int]:
 def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
                report_to: str = "none", run_name: str | None = None) -> SFTConfig:
     on_gpu = torch.cuda.is_available()
+    levers = train_sizing(sizing)
     micro, accumulation = micro_batch(training, sizing)
     return SFTConfig(
         output_dir=str(checkpoint_dir),
@@ -60,18 +99,22 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         lr_scheduler_type=training["lr_scheduler"],
         warmup_steps=training["warmup_steps"],
         max_grad_norm=training["max_grad_norm"],
-        max_length=training["max_length"],
-        optim=training["optimizer"],
+        # padding-free TRL does not truncate; check_row_lengths() enforces max_length instead
+        max_length=None if levers["padding_free"] else training["max_length"],
+        padding_free=levers["padding_free"],
+        optim=optimizer_name(training, sizing),
         weight_decay=training["weight_decay"],
         completion_only_loss=training["loss"] == "completion_only",
         packing=False,
         bf16=on_gpu,  # TRL defaults to bf16, 25x slower on a CPU
-        gradient_checkpointing=sizing["gradient_checkpointing"],
+        gradient_checkpointing=levers["gradient_checkpointing"],
+        use_liger_kernel=levers["liger_kernel"] and on_gpu,
+        torch_compile=levers["torch_compile"] and on_gpu,
         seed=seed,
         data_seed=seed,
         save_strategy="epoch",
         save_total_limit=1,
-        logging_steps=1,
+        logging_steps=levers["logging_steps"],
         report_to=report_to,
         run_name=run_name,
         # tokens/s for the tracker; off otherwise (it adds a gather per step)
@@ -79,6 +122,40 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )
+
+
+def check_row_lengths(trainer: SFTTrainer, max_length: int) -> None:
+    """Padding-free training cannot truncate: refuse a row that the padded path would have cut."""
+    if not trainer.args.padding_free:
+        return
+    longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])
+    if longest > max_length:
+        raise ValueError(
+            f"a training row has {longest} tokens, over protocol.training.max_length={max_length}; "
+            f"padding-free training does not truncate. Set sizing.<size>.padding_free: false to truncate"
+        )
+
+
+def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: dict, seed: int,
+                  checkpoint_dir: Path, callbacks: list | tuple = (), report_to: str = "none",
+                  run_name: str | None = None) -> SFTTrainer:
+    """The SFTTrainer of the train stage; the benchmarks and the equivalence test build theirs here too."""
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(training, sizing, seed, checkpoint_dir, report_to, run_name),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(training["lora"]),
+        callbacks=list(callbacks),
+    )
+    check_row_lengths(trainer, training["max_length"])
+    return trainer
+
+
+def load_student(model_dir: str, sizing: dict):
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                attn_implementation=attention_implementation(sizing))
 
 
 class StashEpochAdapters(TrainerCallback):
@@ -103,6 +180,52 @@ class StashEpochAdapters(TrainerCallback):
         log.info("epoch %d adapter saved", epoch)
 
 
+def resume_fingerprint(model_dir: str, dataset_path: str, training: dict, seed: int) -> dict:
+    """What a checkpoint must have been trained on to be resumed: the same model folder, dataset
+    bytes, protocol and seed. Hardware sizing is left out: resuming on another GPU is fine."""
+    digest = hashlib.sha256(Path(dataset_path).read_bytes()).hexdigest()
+    return json.loads(json.dumps({"model_dir": str(model_dir), "dataset_sha256": digest,
+                                  "training": training, "seed": seed}, sort_keys=True))
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint the trainer finished writing. trainer_state.json is the last file it
+    writes, so a checkpoint without a readable one was cut off by a kill: drop it, take the older."""
+    found = [(int(p.name.rsplit("-", 1)[1]), p) for p in checkpoint_dir.glob("checkpoint-*")
+             if p.name.rsplit("-", 1)[1].isdigit()] if checkpoint_dir.exists() else []
+    for _, candidate in sorted(found, reverse=True):
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+            return candidate
+        except (OSError, ValueError):
+            log.warning("dropping %s: a kill cut it off while it was being saved", candidate)
+            shutil.rmtree(candidate)
+    return None
+
+
+def resume_checkpoint(resume_dir: Path, fingerprint: dict) -> str | None:
+    """The checkpoint to resume from, or None to start fresh. State left by a different dataset,
+    seed or protocol (the job reran because one of them changed) is deleted, not resumed."""
+    marker = resume_dir / "fingerprint.json"
+    if resume_dir.exists():
+        try:
+            same = json.loads(marker.read_text()) == fingerprint
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            log.warning("discarding %s: it was trained on another dataset, seed or protocol", resume_dir)
+            shutil.rmtree(resume_dir)
+    write_json(marker, fingerprint)
+    last = last_complete_checkpoint(resume_dir / "checkpoints")
+    if last is None:
+        return None
+    state = json.loads((last / "trainer_state.json").read_text())
+    done = round(state["epoch"])
+    log.info("resuming from %s: epoch %d of %d done, training continues at epoch %d",
+             last, done, state["num_train_epochs"], done + 1)
+    return str(last)
+
+
 def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], resume_dir: str,
                   training: dict, sizing: dict, seed: int, report_to: str = "none",
                   run_name: str | None = None, callbacks: tuple = ()) -> dict:
@@ -116,20 +239,11 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
     dataset = load_student_dataset(dataset_path)
 
     set_seed(seed)  # before the LoRA weights are drawn, so the init follows the run's seed too
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = load_student(model_dir, sizing)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(training, sizing, seed, checkpoint_dir, report_to, run_name),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(training["lora"]),
-        callbacks=[StashEpochAdapters(stash_dir), *callbacks],
-    )
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
-    if last:
-        log.info("resuming from %s", last)
+    trainer = build_trainer(model, tokenizer, dataset, training, sizing, seed, checkpoint_dir,
+                            [StashEpochAdapters(stash_dir), *callbacks], report_to, run_name)
+    last = resume_checkpoint(resume_dir, resume_fingerprint(model_dir, dataset_path, training, seed))
     result = trainer.train(resume_from_checkpoint=last)
     export_adapters(stash_dir, adapter_dirs)
     shutil.rmtree(resume_dir)
