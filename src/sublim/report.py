@@ -125,11 +125,19 @@ class Scorer:
 
     def __init__(self, animals: list[str], method: str):
         self.animals, self.method = list(animals), method
+        self.known: dict[str, np.ndarray] = {}
+
+    def _row(self, text: str) -> np.ndarray:
+        row = self.known.get(text)
+        if row is None:
+            row = np.array([score_answer(text, animal, self.method) for animal in self.animals], dtype=bool)
+            self.known[text] = row
+        return row
 
     def hits(self, answers: pd.Series) -> np.ndarray:
+        """answers × animals booleans."""
         codes, distinct = pd.factorize(answers.astype(str), use_na_sentinel=False)
-        table = np.array([[score_answer(text, animal, self.method) for animal in self.animals]
-                          for text in distinct], dtype=bool).reshape(len(distinct), len(self.animals))
+        table = np.array([self._row(text) for text in distinct], dtype=bool).reshape(len(distinct), len(self.animals))
         return table[codes]
 
 
@@ -148,12 +156,19 @@ def question_rates(answers: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
     """Per (epoch, question, animal) of one cell: how many of the samples name the animal."""
     if answers.empty or not scorer.animals:
         return pd.DataFrame(columns=QUESTION_COLUMNS)
-    hits = pd.DataFrame(scorer.hits(answers["answer"]), columns=scorer.animals, index=answers.index)
-    keys = ["size", "condition", "run", "epoch", "question_index"]
-    grouped = pd.concat([answers[keys], hits], axis=1).groupby(keys, sort=True)
-    counts = grouped[scorer.animals].sum().reset_index().melt(id_vars=keys, var_name="animal", value_name="count")
-    sizes = grouped.size().rename("n").reset_index()
-    table = counts.merge(sizes, on=keys)
+    hits = scorer.hits(answers["answer"])
+    keys, which = np.unique(answers[["epoch", "question_index"]].to_numpy(dtype=np.int64), axis=0, return_inverse=True)
+    which = which.ravel()
+    counts = np.zeros((len(keys), len(scorer.animals)), dtype=np.int64)
+    np.add.at(counts, which, hits)
+    n = np.bincount(which, minlength=len(keys))
+    repeat = len(scorer.animals)
+    first = answers.iloc[0]
+    table = pd.DataFrame({
+        "size": first["size"], "condition": first["condition"], "run": int(first["run"]),
+        "epoch": np.repeat(keys[:, 0], repeat), "question_index": np.repeat(keys[:, 1], repeat),
+        "animal": np.tile(scorer.animals, len(keys)), "count": counts.ravel(), "n": np.repeat(n, repeat),
+    })
     table["rate"] = table["count"] / table["n"]
     return table[QUESTION_COLUMNS]
 
@@ -204,21 +219,28 @@ def check_counts(prefs: pd.DataFrame, rates: pd.DataFrame) -> None:
 # --- transmission statistics --------------------------------------------------------------------
 
 class RateIndex:
-    """Per-question rates addressable as runs × questions arrays by (size, condition, epoch, animal)."""
+    """Per-question rates addressable as runs × questions frames by (size, condition, epoch, animal)."""
 
     def __init__(self, rates: pd.DataFrame):
-        self.wide, self.keys = None, set()
+        self.spans: dict[tuple, slice] = {}
         if rates.empty:
             return
-        self.wide = rates.pivot_table(index=["size", "condition", "epoch", "animal", "run"],
-                                      columns="question_index", values="rate", aggfunc="first").sort_index()
-        self.keys = set(self.wide.index.droplevel("run"))
+        wide = rates.pivot_table(index=["size", "condition", "epoch", "animal", "run"], columns="question_index",
+                                 values="rate", aggfunc="first").sort_index()
+        keys = list(wide.index.droplevel("run"))
+        self.runs, self.values, self.columns = wide.index.get_level_values("run"), wide.to_numpy(), wide.columns
+        start = 0
+        # One pass over the sorted index: a .loc per lookup costs milliseconds on a million rows.
+        for end in range(1, len(keys) + 1):
+            if end == len(keys) or keys[end] != keys[start]:
+                self.spans[keys[start]] = slice(start, end)
+                start = end
 
     def get(self, size: str, condition: str, epoch: int, animal: str) -> pd.DataFrame | None:
-        key = (size, condition, epoch, animal)
-        if key not in self.keys:
+        span = self.spans.get((size, condition, epoch, animal))
+        if span is None:
             return None
-        block = self.wide.loc[key]
+        block = pd.DataFrame(self.values[span], index=self.runs[span], columns=self.columns)
         if block.isna().any().any():
             raise ValueError(
                 f"results/eval/{size}/{condition}: runs {', '.join(map(str, block.index))} were asked "
@@ -648,30 +670,42 @@ def animals_of(conditions: list[str]) -> list[str]:
     return [c for c in conditions if c not in (NEUTRAL, BASE)]
 
 
-def build_report(eval_tables: list[str | Path], outputs: dict[str, str], *, sizes: list[str],
-                 conditions: list[str], params_b: dict[str, float], scoring: str) -> None:
-    """Every table and plot of the report. `outputs` maps the report rule's output names to paths;
-    `bars` and `size_epochs` are lists of per-size plots in the order of `sizes`."""
+def build_tables(eval_tables: list[str | Path], outputs: dict, *, sizes: list[str], conditions: list[str],
+                 params_b: dict[str, float], scoring: str) -> dict[str, pd.DataFrame]:
+    """Every table of the report, written to `outputs[name]`; returns those the plots need."""
     animals = animals_of(conditions)
     prefs = preferences(eval_tables)
     prefs.to_csv(outputs["preferences"], index=False)
     rates, base_words = tidy_answers(eval_tables, animals, scoring, outputs["answers"])
     check_counts(prefs, rates)
     rates.to_csv(outputs["question_rates"], index=False)
-    log.info("%d answers' cells read, %d per-question rates", len(eval_tables), len(rates))
-    trans = transmission(rates, prefs, sizes, animals, params_b)
-    trans.to_csv(outputs["transmission"], index=False)
-    scale = scaling(rates, prefs, sizes, animals, params_b)
-    scale.to_csv(outputs["scaling_table"], index=False)
-    base_survey = survey(base_words, conditions)
-    base_survey.to_csv(outputs["survey"], index=False)
-    plot_scaling(trans, scale, outputs["scaling"])
-    plot_epochs(scale, sizes, outputs["epochs"])
-    plot_heatmap(trans, sizes, animals, outputs["heatmap"])
-    plot_survey(base_survey, sizes, outputs["survey_plot"])
+    log.info("%d cells read, %d per-question rates", len(eval_tables), len(rates))
+    tables = {"transmission": transmission(rates, prefs, sizes, animals, params_b),
+              "scaling_table": scaling(rates, prefs, sizes, animals, params_b),
+              "survey": survey(base_words, conditions)}
+    for name, table in tables.items():
+        table.to_csv(outputs[name], index=False)
+    return tables
+
+
+def build_plots(tables: dict[str, pd.DataFrame], outputs: dict, *, sizes: list[str], conditions: list[str]) -> None:
+    """Every plot of the report; `bars` and `size_epochs` are lists of per-size paths in `sizes` order."""
     for name in ("bars", "size_epochs"):
         if len(outputs[name]) != len(sizes):
             raise ValueError(f"output {name!r} lists {len(outputs[name])} plots for {len(sizes)} sizes")
+    trans, scale = tables["transmission"], tables["scaling_table"]
+    plot_scaling(trans, scale, outputs["scaling"])
+    plot_epochs(scale, sizes, outputs["epochs"])
+    plot_heatmap(trans, sizes, animals_of(conditions), outputs["heatmap"])
+    plot_survey(tables["survey"], sizes, outputs["survey_plot"])
     for size, bars, epochs in zip(sizes, outputs["bars"], outputs["size_epochs"]):
         plot_bars(trans, size, bars)
         plot_size_epochs(trans, size, epochs)
+
+
+def build_report(eval_tables: list[str | Path], outputs: dict, *, sizes: list[str], conditions: list[str],
+                 params_b: dict[str, float], scoring: str) -> None:
+    """Every table and plot of the report rule; `outputs` maps its output names to paths."""
+    tables = build_tables(eval_tables, outputs, sizes=sizes, conditions=conditions, params_b=params_b,
+                          scoring=scoring)
+    build_plots(tables, outputs, sizes=sizes, conditions=conditions)

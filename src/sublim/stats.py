@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as st
+from scipy import special
 
 LEVEL = 0.95
 EXACT_SIGN_FLIP_MAX = 16
@@ -71,7 +71,7 @@ def as_rates(x) -> np.ndarray:
 
 
 def _t_quantile(df: float) -> float:
-    return float(st.t.ppf(0.5 + LEVEL / 2, df))
+    return float(special.stdtrit(df, 0.5 + LEVEL / 2))
 
 
 def _mean_and_variance(x: np.ndarray) -> tuple[float, float, float]:
@@ -110,7 +110,7 @@ def welch(a, b) -> Estimate:
     df = variance**2 / (var_a**2 / df_a + var_b**2 / df_b)
     se = math.sqrt(variance)
     half = _t_quantile(df) * se
-    return Estimate(diff, diff - half, diff + half, se, float(st.t.sf(diff / se, df)), method)
+    return Estimate(diff, diff - half, diff + half, se, float(special.stdtr(df, -diff / se)), method)
 
 
 def _degenerate(diff: float, method: str, variance: float) -> Estimate:
