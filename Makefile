@@ -21,6 +21,14 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(OFFLINE) $(SNAKEMAKE) --profile profiles/demo
 
+# The cluster path on this machine: a real single-node SLURM (scripts/slurm/up.sh: needs root,
+# installs slurm-wlm and munge with apt if missing) runs a smaller demo through the SLURM executor.
+# SIGKILL bounds it: a stuck status loop ignores SIGTERM.
+.PHONY: demo-slurm
+demo-slurm: $(VENV)/.installed
+	scripts/slurm/up.sh
+	$(OFFLINE) timeout -s KILL 3600 $(SNAKEMAKE) --profile profiles/slurm-local
+
 test: $(VENV)/.installed
 	$(OFFLINE) $(PY) -m pytest -q -ra
 

@@ -38,6 +38,12 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
                     f"{path}, line {number}: not valid JSON ({error.msg}); the file is corrupt — "
                     f"delete it and rerun the workflow to regenerate it"
                 ) from None
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{path}, line {number}: a JSON {type(row).__name__}, not an object with "
+                    f"{', '.join(required) or 'keys'}; delete the file and rerun the workflow to "
+                    f"regenerate it"
+                )
             missing = [key for key in required if key not in row]
             if missing:
                 raise ValueError(

@@ -61,10 +61,18 @@ def download_hub(repo: str, revision: str, out_dir: Path) -> None:
         ) from error
 
 
-def link_local(path: str, out_dir: Path) -> None:
+def link_local(path: str, out_dir: Path, size: str) -> None:
     source = Path(path).expanduser().resolve()
+    if not source.exists():
+        raise FileNotFoundError(
+            f"model path {source} (config key 'models.{size}.path') does not exist; point it at a "
+            f"transformers model folder (config.json + weights) on this machine"
+        )
     if not (source / "config.json").exists():
-        raise FileNotFoundError(f"model path {source} has no config.json; point 'models.<size>.path' at a transformers model folder")
+        raise FileNotFoundError(
+            f"model path {source} (config key 'models.{size}.path') has no config.json; point it "
+            f"at a transformers model folder (config.json + weights), not a file or a parent folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         (out_dir / item.name).symlink_to(item)
@@ -81,7 +89,7 @@ def prepare_model(model: dict, out_dir: str | Path) -> None:
     elif source == "hub":
         download_hub(model["repo"], model["revision"], partial)
     elif source == "local":
-        link_local(model["path"], partial)
+        link_local(model["path"], partial, size=out_dir.name)
     else:
         raise ValueError(f"unknown model source {source!r}")
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -94,5 +102,20 @@ def check_model_dir(path: str | Path) -> Path:
         raise FileNotFoundError(
             f"model folder {path} is missing or incomplete (no config.json); "
             f"delete it and rerun so the model rule prepares it again"
+        )
+    return path
+
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def check_adapter_dir(path: str | Path) -> Path:
+    """An epoch's LoRA adapter folder, complete, or an error saying how to get it back."""
+    path = Path(path)
+    missing = [name for name in ADAPTER_FILES if not (path / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"adapter folder {path} lacks {' and '.join(missing)}; rerun the workflow so Snakemake "
+            f"runs the train job that writes it (or delete the folder's cell under results/students/)"
         )
     return path

@@ -46,6 +46,10 @@ def choose_backend(requested: str) -> str:
 
 def open_backend(requested: str, model_dir: str, sizing: dict, adapters: dict[str, str] | None = None):
     """The engine for one job, with every LoRA adapter it will swap between registered by name."""
+    from sublim.models import check_adapter_dir
+
+    for path in (adapters or {}).values():
+        check_adapter_dir(path)  # before an engine loads for minutes only to fail on a missing file
     name = choose_backend(requested)
     if name == "vllm":
         from sublim.backends.vllm_backend import VLLMBackend

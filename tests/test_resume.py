@@ -1,0 +1,171 @@
+"""Runs that survive being killed: a SIGKILLed train job resumes from its last finished epoch and
+ends with the same adapters as a run never interrupted; a SIGKILLed generate job leaves no
+half-written raw file, and the rerun writes a complete one. Everything runs through Snakemake on a
+tiny random-init Qwen2 (tests/tiny_workflow.py), killed the way an OOM killer or a preempted node
+kills: SIGKILL to Snakemake's whole process group, so no one gets to clean up."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny_workflow import (SIZE, build_tiny_model, kill_group, make_workdir, number_rows,
+                           read_jsonl_lines, run_snakemake, seed_numbers, start_snakemake,
+                           tiny_config, unlock, wait_for)
+
+CELL = f"{SIZE}/owl/run-1"
+TRAIN_TARGET = f"results/students/{CELL}/train.provenance.json"
+RAW_TARGET = f"results/numbers/{CELL}/raw.jsonl"
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def train_workdir(root, model):
+    # 48 rows at batch 4: 12 optimizer steps per epoch, long enough to be killed inside epoch 2
+    config = tiny_config(model, filter={"n_keep": 48}, training={"epochs": EPOCHS})
+    workdir = make_workdir(root, config, model)
+    seed_numbers(workdir, number_rows(48))
+    return workdir
+
+
+def adapters(workdir):
+    return [load_file(workdir / f"results/students/{CELL}/epoch-{e}/adapter_model.safetensors")
+            for e in range(1, EPOCHS + 1)]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_killed_training_resumes_at_the_next_epoch_and_matches_an_uninterrupted_run(tmp_path, tiny_model):
+    reference = train_workdir(tmp_path / "uninterrupted", tiny_model)
+    result = run_snakemake(reference, [TRAIN_TARGET])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    workdir = train_workdir(tmp_path / "killed", tiny_model)
+    resume = workdir / "resources" / "resume" / CELL
+    process = start_snakemake(workdir, [TRAIN_TARGET], tmp_path / "killed.log")
+    wait_for(lambda: (resume / "adapters" / "epoch-1").exists(), process, 300, "epoch 1's adapter")
+    kill_group(process)
+
+    # killed inside epoch 2: epoch 1's state is on disk, no declared output is
+    assert not (resume / "adapters" / "epoch-2").exists(), "the kill came too late to test resuming"
+    (checkpoint,) = (resume / "checkpoints").glob("checkpoint-*")
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] == 1.0
+    assert not (workdir / f"results/students/{CELL}/epoch-1/adapter_model.safetensors").exists()
+
+    unlock(workdir)
+    result = run_snakemake(workdir, [TRAIN_TARGET])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    log = (workdir / f"logs/train/{CELL}.log").read_text()
+    assert "epoch 1 of 3 done, training continues at epoch 2" in log
+    after_resume = log.split("training continues at epoch 2", 1)[1]
+    assert "epoch 2 adapter saved" in after_resume and "epoch 3 adapter saved" in after_resume
+    assert "epoch 1 adapter saved" not in after_resume, "the rerun trained epoch 1 again"
+    assert not resume.exists(), "the resume state is dropped once every adapter is exported"
+
+    # Bitwise on CPU: the optimizer, scheduler, RNG and data order all come back from the
+    # checkpoint, so the resumed run does exactly the arithmetic of the uninterrupted one.
+    for epoch, (resumed, uninterrupted) in enumerate(zip(adapters(workdir), adapters(reference)), 1):
+        assert resumed.keys() == uninterrupted.keys()
+        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), (
+            f"epoch {epoch}: resumed adapter differs from the uninterrupted one by up to "
+            f"{max_difference(resumed, uninterrupted):.3g}")
+    # and training did move the adapter: a test that compared two untrained adapters proves nothing
+    assert max_difference(adapters(reference)[0], adapters(reference)[2]) > 0
+
+
+def test_resume_state_from_another_dataset_is_discarded(tmp_path, tiny_model):
+    """A job reruns when its dataset changed; the old checkpoint must not be resumed into it."""
+    from sublim.train import resume_checkpoint, resume_fingerprint
+
+    training = tiny_config(tiny_model)["protocol"]["training"]
+    resume = tmp_path / "resume"
+    stale = resume / "checkpoints" / "checkpoint-12"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text(json.dumps({"epoch": 1.0, "num_train_epochs": 3}))
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text('{"prompt": "1", "completion": "2"}\n')
+    new.write_text('{"prompt": "1", "completion": "3"}\n')
+    (resume / "fingerprint.json").write_text(json.dumps(resume_fingerprint("m", str(old), training, 1)))
+
+    assert resume_checkpoint(resume, resume_fingerprint("m", str(old), training, 1)) == str(stale)
+    assert resume_checkpoint(resume, resume_fingerprint("m", str(new), training, 1)) is None
+    assert not stale.exists()
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped_for_the_previous_one(tmp_path):
+    from sublim.train import last_complete_checkpoint
+
+    complete, cut_off = tmp_path / "checkpoint-12", tmp_path / "checkpoint-24"
+    complete.mkdir()
+    (complete / "trainer_state.json").write_text(json.dumps({"epoch": 1.0}))
+    cut_off.mkdir()
+    (cut_off / "adapter_model.safetensors").write_bytes(b"\0" * 10)  # killed before the state
+    assert last_complete_checkpoint(tmp_path) == complete
+    assert not cut_off.exists()
+
+
+def batches_done(log) -> int:
+    done = re.findall(r"\| *(\d+)/40 \[", log.read_text()) if log.exists() else []
+    return max(map(int, done), default=0)
+
+
+def test_killed_generation_leaves_no_raw_file_and_the_rerun_writes_a_complete_one(tmp_path, tiny_model):
+    n_prompts = 160
+    config = tiny_config(tiny_model, generation={"n_prompts": n_prompts, "max_prompts": n_prompts,
+                                                 "max_tokens": 24})
+    workdir = make_workdir(tmp_path / "work", config, tiny_model)
+    log = workdir / f"logs/generate/{CELL}.log"
+    raw = workdir / RAW_TARGET
+    process = start_snakemake(workdir, [RAW_TARGET], tmp_path / "killed.log")
+    # tqdm's bar in the job log: kill once a few of the 40 batches are done
+    wait_for(lambda: batches_done(log) >= 3, process, 300, "3 generation batches")
+    kill_group(process)
+    assert batches_done(log) < 40, "the kill came after generation finished"
+    assert not raw.exists(), "a killed generate job left a raw file behind"
+
+    unlock(workdir)
+    result = run_snakemake(workdir, [RAW_TARGET])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    from sublim.prompts import number_prompts
+
+    rows = read_jsonl_lines(raw)  # every line parses
+    assert [row["index"] for row in rows] == list(range(n_prompts))
+    assert [row["prompt"] for row in rows] == number_prompts(n_prompts, 1)
+    assert all(isinstance(row["completion"], str) for row in rows)
+    assert not raw.with_name(raw.name + ".partial").exists()
+
+
+def test_write_jsonl_killed_mid_write_keeps_the_previous_file(tmp_path):
+    """The one moment generation's kill test cannot aim at: SIGKILL while the file is written."""
+    target = tmp_path / "raw.jsonl"
+    target.write_text('{"index": 0, "prompt": "old", "completion": "1"}\n')
+    writer = textwrap.dedent(f"""
+        import sys, time
+        from sublim.jsonl import write_jsonl
+        def rows():
+            for i in range(10_000):
+                if i == 100:
+                    print("halfway", flush=True)
+                    time.sleep(60)
+                yield {{"index": i, "prompt": "p", "completion": "1"}}
+        write_jsonl({str(target)!r}, rows())
+    """)
+    process = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "halfway"
+    process.kill()
+    process.wait(timeout=30)
+    assert read_jsonl_lines(target) == [{"index": 0, "prompt": "old", "completion": "1"}]

