@@ -26,7 +26,7 @@ Differences (`compare`):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
@@ -50,9 +50,6 @@ class Estimate:
     se: float
     p: float
     method: str
-
-    def as_dict(self, prefix: str) -> dict:
-        return {f"{prefix}{'_' + key if key != 'value' else ''}": value for key, value in asdict(self).items()}
 
 
 MISSING = Estimate(math.nan, math.nan, math.nan, math.nan, math.nan, "")
