@@ -259,3 +259,12 @@ def test_retry_after_as_an_http_date():
         headers = {"Retry-After": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)}
 
     assert 80 < publish.retry_after_s(Response()) <= 90
+
+
+def test_publishing_with_hf_hub_offline_is_stopped_before_any_job(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    problems = publish.preflight(publish.settings({"publish": {"enabled": True}}))
+    assert any("HF_HUB_OFFLINE" in p for p in problems)
+    assert publish.preflight(publish.settings({})) == []  # off: nothing to check

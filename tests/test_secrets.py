@@ -119,6 +119,7 @@ def test_a_publishing_and_tracking_run_writes_no_secret_anywhere(tmp_path, tiny_
         env = {**os.environ, **OFFLINE, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url,
                "HF_USER_ID": "tester", "WANDB_API_KEY": WANDB_KEY}
         env.pop("HF_TOKEN", None)
+        env.pop("WANDB_SERVICE", None)  # set by wandb runs earlier in this process; jobs start their own
         run = subprocess.run(snakemake_args(workdir, targets), env=env, capture_output=True, text=True,
                              timeout=900)
         assert run.returncode == 0, run.stderr[-4000:]

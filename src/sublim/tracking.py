@@ -63,10 +63,12 @@ def _start(section: dict, *, name: str, job_type: str, run: int, tags: list[str]
     key = lookup(WANDB_API_KEY) if chosen == "online" else None
     if key:  # only this job's process (and wandb's service child) sees it; nothing is written
         os.environ[WANDB_API_KEY] = key
-    os.makedirs(section["dir"], exist_ok=True)
+    # absolute: wandb's service process may run elsewhere (a parent's, via WANDB_SERVICE)
+    run_dir = os.path.abspath(section["dir"])
+    os.makedirs(run_dir, exist_ok=True)
     return wandb.init(project=section["project"], entity=section["entity"], name=name,
                       group=f"run-{run}", job_type=job_type, tags=tags, config=config,
-                      dir=section["dir"], mode=chosen, reinit="finish_previous",
+                      dir=run_dir, mode=chosen, reinit="finish_previous",
                       settings=wandb.Settings(silent=True, console="off"))
 
 
