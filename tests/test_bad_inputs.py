@@ -9,15 +9,16 @@ import json
 
 import pytest
 
-from tiny_workflow import (SIZE, build_tiny_model, make_workdir, number_rows, run_snakemake,
+import tiny_workflow
+from tiny_workflow import (SIZE, make_workdir, number_rows, run_snakemake,
                            seed_numbers, tiny_config)
 
 CELL = f"{SIZE}/owl/run-1"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_model():
+    return tiny_workflow.tiny_model()
 
 
 def failed_job_log(workdir, target: str, log: str) -> str:

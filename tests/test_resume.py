@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_workflow import (SIZE, build_tiny_model, kill_group, make_workdir, number_rows,
+import tiny_workflow
+from tiny_workflow import (SIZE, kill_group, make_workdir, number_rows,
                            read_jsonl_lines, run_snakemake, seed_numbers, start_snakemake,
                            tiny_config, unlock, wait_for)
 
@@ -27,15 +28,16 @@ EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_model():
+    return tiny_workflow.tiny_model()
 
 
 def train_workdir(root, model):
-    # 48 rows at batch 4: 12 optimizer steps per epoch, long enough to be killed inside epoch 2
-    config = tiny_config(model, filter={"n_keep": 48}, training={"epochs": EPOCHS})
+    # 16 rows at batch 4: 4 optimizer steps per epoch, seconds on this CPU, so the watcher (polling
+    # every 20 ms) kills well inside epoch 2
+    config = tiny_config(model, filter={"n_keep": 16}, training={"epochs": EPOCHS})
     workdir = make_workdir(root, config, model)
-    seed_numbers(workdir, number_rows(48))
+    seed_numbers(workdir, number_rows(16))
     return workdir
 
 
@@ -49,6 +51,7 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_at_the_next_epoch_and_matches_an_uninterrupted_run(tmp_path, tiny_model):
     reference = train_workdir(tmp_path / "uninterrupted", tiny_model)
     result = run_snakemake(reference, [TRAIN_TARGET])
@@ -118,23 +121,24 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped_for_the_previous_one(tmp_path)
     assert not cut_off.exists()
 
 
-def batches_done(log) -> int:
-    done = re.findall(r"\| *(\d+)/40 \[", log.read_text()) if log.exists() else []
+def batches_done(log, total: int) -> int:
+    done = re.findall(rf"\| *(\d+)/{total} \[", log.read_text()) if log.exists() else []
     return max(map(int, done), default=0)
 
 
+@pytest.mark.slow
 def test_killed_generation_leaves_no_raw_file_and_the_rerun_writes_a_complete_one(tmp_path, tiny_model):
-    n_prompts = 160
+    n_prompts, batches = 80, 20  # generate_batch_size 4
     config = tiny_config(tiny_model, generation={"n_prompts": n_prompts, "max_prompts": n_prompts,
                                                  "max_tokens": 24})
     workdir = make_workdir(tmp_path / "work", config, tiny_model)
     log = workdir / f"logs/generate/{CELL}.log"
     raw = workdir / RAW_TARGET
     process = start_snakemake(workdir, [RAW_TARGET], tmp_path / "killed.log")
-    # tqdm's bar in the job log: kill once a few of the 40 batches are done
-    wait_for(lambda: batches_done(log) >= 3, process, 300, "3 generation batches")
+    # tqdm's bar in the job log: kill once a few of the batches are done
+    wait_for(lambda: batches_done(log, batches) >= 3, process, 300, "3 generation batches")
     kill_group(process)
-    assert batches_done(log) < 40, "the kill came after generation finished"
+    assert batches_done(log, batches) < batches, "the kill came after generation finished"
     assert not raw.exists(), "a killed generate job left a raw file behind"
 
     unlock(workdir)
