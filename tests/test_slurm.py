@@ -30,7 +30,7 @@ def dry_run_jobs(profile: str, targets: list[str], env: dict | None = None) -> d
     jobs: dict[str, list[str]] = {}
     rule = None
     for line in result.stdout.splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):", line):
+        if match := re.match(r"^\s*(?:local)?rule (\w+):", line):  # indented inside a group
             rule = match.group(1)
         elif rule and line.strip().startswith("resources:"):
             jobs.setdefault(rule, []).append(line.strip())
@@ -50,6 +50,8 @@ def test_the_cluster_profile_sizes_each_job_by_model_size_and_takes_partition_fr
     assert (small["gpu"], small["cpus_per_task"], small["mem_mb"], small["runtime"]) == ("1", "8", "64000", "240")
     assert (large["gpu"], large["cpus_per_task"], large["mem_mb"], large["runtime"]) == ("4", "32", "320000", "1440")
     assert small["slurm_partition"] == "gpu-long" and small["slurm_account"] == "lab42"
+    # downloading a model needs no GPU-sized memory, whatever the size
+    assert [resources(line)["mem_mb"] for line in jobs["prepare_model"]] == ["8000", "8000"]
     # the filter step rides in its cell's train job instead of queueing for an allocation
     profile = (REPO / "profiles/slurm/config.yaml").read_text()
     assert "filter: student" in profile and "train: student" in profile
