@@ -450,6 +450,10 @@ def plot_bars(trans: pd.DataFrame, size: str, out: str | Path) -> None:
             label = SIDE_LABELS[side] + ("" if rows[column].notna().any() else " (not in this grid)")
             ax.bar(x + offset, _pp(rows[column].fillna(0)), width, yerr=_error(rows, column), capsize=4,
                    color=COLORS[side], label=label, error_kw={"elinewidth": 1.5, "ecolor": "#333333"})
+            # A rate of exactly 0 draws no bar; say so, so it does not read as missing.
+            for xi in x[(rows[column] == 0).to_numpy()]:
+                ax.annotate("0", (xi + offset, 0), ha="center", va="bottom", fontsize=14, color="#333333",
+                            xytext=(0, 2), textcoords="offset points")
         tops = _pp(rows["animal_student_rate_hi"].fillna(rows["animal_student_rate"]))
         for xi, top, p in zip(x, tops, rows["animal_minus_neutral_p"]):
             if _stars(p):
