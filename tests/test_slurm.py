@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from sublim.config import sizing_for
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -37,6 +40,16 @@ def dry_run_jobs(profile: str, targets: list[str], env: dict | None = None) -> d
     return jobs
 
 
+def cluster_config() -> dict:
+    """The sizing the slurm profile loads: its configfiles, merged in order as Snakemake does."""
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    for name in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["configfiles"]:
+        update_config(merged, yaml.safe_load((REPO / name).read_text()))
+    return merged
+
+
 def resources(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.removeprefix("resources: ").split(", "))
 
@@ -45,10 +58,14 @@ def test_the_cluster_profile_sizes_each_job_by_model_size_and_takes_partition_fr
     jobs = dry_run_jobs("profiles/slurm", ["results/eval/72b/owl/run-1/eval.csv",
                                            "results/eval/0.5b/owl/run-1/eval.csv"],
                         env={"SBATCH_PARTITION": "gpu-long", "SBATCH_ACCOUNT": "lab42"})
-    train = sorted((resources(line) for line in jobs["train"]), key=lambda r: int(r["gpu"]))
-    small, large = train
-    assert (small["gpu"], small["cpus_per_task"], small["mem_mb"], small["runtime"]) == ("1", "8", "64000", "240")
-    assert (large["gpu"], large["cpus_per_task"], large["mem_mb"], large["runtime"]) == ("4", "32", "320000", "1440")
+    expected = {size: sizing_for(cluster_config(), size) for size in ("0.5b", "72b")}
+    train = sorted((resources(line) for line in jobs["train"]), key=lambda r: int(r["mem_mb"]))
+    for size, found in zip(("0.5b", "72b"), train):
+        want = expected[size]
+        assert (found["gpu"], found["cpus_per_task"], found["mem_mb"], found["runtime"]) == (
+            str(want["gpus"]), str(want["cpus"]), str(want["mem_mb"]), str(want["runtime"])), size
+    small = train[0]
+    assert train[1]["cpus_per_task"] == "16" and small["cpus_per_task"] == "8"
     assert small["slurm_partition"] == "gpu-long" and small["slurm_account"] == "lab42"
     # downloading a model needs no GPU-sized memory, whatever the size
     assert [resources(line)["mem_mb"] for line in jobs["prepare_model"]] == ["8000", "8000"]
