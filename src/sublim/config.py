@@ -103,6 +103,8 @@ def resolve(config: dict, schema_path: str | Path) -> dict:
         raise ConfigError(f"config key 'preset': unknown preset {preset!r}; choose one of {', '.join(presets)}")
     resolved = copy.deepcopy(dict(config))
     resolved["protocol"] = deep_merge(presets[preset], config.get("protocol") or {})
+    # `--config runs=[1,2]` arrives as strings; a run id is a number however it was typed
+    resolved["runs"] = [int(r) if isinstance(r, str) and r.isdigit() else r for r in resolved.get("runs", [])]
     problems = _schema_errors(resolved, schema)
     if not problems:
         problems = _cross_check(resolved)
