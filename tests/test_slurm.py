@@ -74,6 +74,16 @@ def test_the_cluster_profile_sizes_each_job_by_model_size_and_takes_partition_fr
     assert "filter: student" in profile and "train: student" in profile
 
 
+def test_a_resubmitted_job_asks_for_twice_the_memory_and_time():
+    target = ["results/numbers/0.5b/owl/run-1/raw.jsonl"]
+    (first,) = dry_run_jobs("profiles/slurm", target)["generate"]
+    (second,) = dry_run_jobs("profiles/slurm", ["--attempt", "2", *target])["generate"]
+    first, second = resources(first), resources(second)
+    assert int(second["mem_mb"]) == 2 * int(first["mem_mb"])
+    assert int(second["runtime"]) == 2 * int(first["runtime"])
+    assert "restart-times: 1" in (REPO / "profiles/slurm/config.yaml").read_text()
+
+
 def test_unset_partition_and_account_leave_the_choice_to_the_cluster():
     env = {k: v for k, v in os.environ.items() if k not in ("SBATCH_PARTITION", "SBATCH_ACCOUNT")}
     result = subprocess.run([SNAKEMAKE, "--profile", "profiles/slurm", "-n",
