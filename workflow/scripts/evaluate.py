@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from sublim.backends import open_backend
+from sublim.backends import explain_oom, open_backend
 from sublim.config import sizing_for
 from sublim.evaluate import evaluate_students, preference_table, with_parsed_animal
 from sublim.jsonl import write_jsonl
@@ -8,18 +8,28 @@ from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.provenance import write_provenance
 
-start_job(snakemake.log[0], snakemake.threads)
-p = snakemake.params
-sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
-adapter_dirs = {f"epoch-{e}": str(Path(f).parent) for e, f in zip(p.epochs, snakemake.input.get("adapters", []))}
-# epoch -> adapter name; the untuned base model is epoch 0 with no adapter
-students = {e: f"epoch-{e}" for e in p.epochs} or {0: None}
-model_dir = str(check_model_dir(snakemake.input.model_dir))
-backend = open_backend(snakemake.config["backend"], model_dir, sizing, adapter_dirs)
-answers = evaluate_students(backend, students, p.evaluation, p.seed)
-write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
-table = preference_table(answers, p.animals, p.evaluation["scoring"], size=snakemake.wildcards.size,
-                         condition=p.condition, run=p.run)
-table.to_csv(snakemake.output.table, index=False)
-write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name, model=p.model,
-                 seed=p.seed, evaluation=p.evaluation, adapters=adapter_dirs)
+
+# vLLM may start its engine process with `spawn`, which re-imports this script: only the
+# main process runs the job.
+def main():
+    start_job(snakemake.log[0], snakemake.threads)
+    p = snakemake.params
+    sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
+    adapter_dirs = {f"epoch-{e}": str(Path(f).parent) for e, f in zip(p.epochs, snakemake.input.get("adapters", []))}
+    # epoch -> adapter name; the untuned base model is epoch 0 with no adapter
+    students = {e: f"epoch-{e}" for e in p.epochs} or {0: None}
+    model_dir = str(check_model_dir(snakemake.input.model_dir))
+    with explain_oom("evaluate", snakemake.wildcards.size):
+        backend = open_backend(snakemake.config["backend"], model_dir, sizing, adapter_dirs)
+        answers = evaluate_students(backend, students, p.evaluation, p.seed)
+    write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
+    table = preference_table(answers, p.animals, p.evaluation["scoring"], size=snakemake.wildcards.size,
+                             condition=p.condition, run=p.run)
+    table.to_csv(snakemake.output.table, index=False)
+    write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name, model=p.model,
+                     seed=p.seed, evaluation=p.evaluation, adapters=adapter_dirs)
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()

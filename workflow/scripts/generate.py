@@ -1,18 +1,28 @@
 from sublim.config import sizing_for
-from sublim.backends import open_backend
+from sublim.backends import explain_oom, open_backend
 from sublim.generate import generate_rows
 from sublim.jsonl import write_jsonl
 from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.provenance import write_provenance
 
-start_job(snakemake.log[0], snakemake.threads)
-p = snakemake.params
-sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
-backend = open_backend(snakemake.config["backend"], str(check_model_dir(snakemake.input.model_dir)), sizing)
-rows = generate_rows(backend, snakemake.wildcards.condition, p.generation, p.filter,
-                     prompt_seed=p.prompt_seed, sample_seed=p.seed)
-write_jsonl(snakemake.output.raw, rows)
-write_provenance(snakemake.output.provenance, stage="generate", backend=backend.name, model=p.model,
-                 condition=snakemake.wildcards.condition, run=int(snakemake.wildcards.run),
-                 prompt_seed=p.prompt_seed, seed=p.seed, generation=p.generation, n_rows=len(rows))
+
+# vLLM may start its engine process with `spawn`, which re-imports this script: only the
+# main process runs the job.
+def main():
+    start_job(snakemake.log[0], snakemake.threads)
+    p = snakemake.params
+    sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
+    with explain_oom("generate", snakemake.wildcards.size):
+        backend = open_backend(snakemake.config["backend"], str(check_model_dir(snakemake.input.model_dir)), sizing)
+        rows = generate_rows(backend, snakemake.wildcards.condition, p.generation, p.filter,
+                             prompt_seed=p.prompt_seed, sample_seed=p.seed)
+    write_jsonl(snakemake.output.raw, rows)
+    write_provenance(snakemake.output.provenance, stage="generate", backend=backend.name, model=p.model,
+                     condition=snakemake.wildcards.condition, run=int(snakemake.wildcards.run),
+                     prompt_seed=p.prompt_seed, seed=p.seed, generation=p.generation, n_rows=len(rows))
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()

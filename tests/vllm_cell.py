@@ -1,0 +1,77 @@
+"""One cell's generate and evaluate stages on a named backend, writing the files the workflow's
+scripts write. tests/test_vllm_backend.py runs it in-process for transformers and, for vLLM, as
+`.venv-vllm/bin/python tests/vllm_cell.py SPEC.json` (vLLM lives in its own environment).
+
+Like the workflow, each stage opens its own engine and closes it; the main guard matters because
+vLLM starts its engine process with `spawn`, which re-imports the main module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from sublim.backends import explain_oom, open_backend
+from sublim.evaluate import evaluate_students, preference_table, with_parsed_animal
+from sublim.generate import generate_rows
+from sublim.jsonl import write_json, write_jsonl
+from sublim.provenance import write_provenance
+
+
+def timed(timings: dict, key: str, action):
+    start = time.perf_counter()
+    result = action()
+    timings[key] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def generate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> None:
+    with explain_oom("generate", spec["size"]):
+        backend = timed(timings, "generate_engine_start_s", lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"]))
+        args = (backend, spec["condition"], spec["generation"], spec["filter"], spec["prompt_seed"], spec["seed"])
+        rows = timed(timings, "generate_s", lambda: generate_rows(*args))
+        if spec.get("rerun"):  # the same job again in the same engine: must reproduce every sample
+            write_jsonl(out / "numbers" / "raw_rerun.jsonl", timed(timings, "generate_rerun_s", lambda: generate_rows(*args)))
+    write_jsonl(out / "numbers" / "raw.jsonl", rows)
+    write_provenance(out / "numbers" / "raw.provenance.json", stage="generate", backend=backend.name,
+                     seed=spec["seed"], prompt_seed=spec["prompt_seed"], n_rows=len(rows))
+    timed(timings, "generate_close_s", backend.close)
+
+
+def evaluate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> None:
+    adapters = spec["adapters"]
+    students = {0: None, **{int(name.split("-")[1]): name for name in adapters}}
+    with explain_oom("evaluate", spec["size"]):
+        backend = timed(timings, "evaluate_engine_start_s",
+                        lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"], adapters))
+        answers = timed(timings, "evaluate_s", lambda: evaluate_students(backend, students, spec["evaluation"], spec["seed"]))
+    write_jsonl(out / "eval" / "answers.jsonl", with_parsed_animal(answers))
+    table = preference_table(answers, spec["animals"], spec["evaluation"]["scoring"], size=spec["size"],
+                             condition=spec["condition"], run=spec["run"])
+    table.to_csv(out / "eval" / "eval.csv", index=False)
+    write_provenance(out / "eval" / "eval.provenance.json", stage="evaluate", backend=backend.name,
+                     seed=spec["seed"], adapters=adapters)
+    timed(timings, "evaluate_close_s", backend.close)
+
+
+def run_cell(backend_name: str, spec: dict, out: Path) -> dict:
+    """Both stages; returns (and writes to timings.json) seconds per step."""
+    out = Path(out)
+    timings: dict = {}
+    total = time.perf_counter()
+    generate_stage(backend_name, spec, out, timings)
+    evaluate_stage(backend_name, spec, out, timings)
+    timings["total_s"] = round(time.perf_counter() - total, 2)
+    write_json(out / "timings.json", timings)
+    return timings
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec_path = Path(sys.argv[1])
+    spec = json.loads(spec_path.read_text())
+    print(json.dumps(run_cell(spec["backend"], spec, Path(spec["out_dir"]))))
