@@ -81,6 +81,14 @@ def workflow_config(size: str) -> dict:
     return {"sizing": {**(profile.get("default") or {}), **(profile.get(size) or {})}}
 
 
+def config_spec(shape: str, name: str) -> dict:
+    """A named configuration, optionally with sizing overrides: `workflow+lazy_metrics=false`."""
+    base, *overrides = name.split("+")
+    spec = workflow_config(shape) if base == "workflow" else CONFIGS[base]
+    changes = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)}
+    return {**spec, "sizing": {**spec["sizing"], **changes}}
+
+
 def protocol_training() -> dict:
     """The seed preset with config/config.yaml's overrides: the training the workflow runs."""
     presets = yaml.safe_load((ROOT / "src/sublim/data/presets.yaml").read_text())
@@ -199,7 +207,9 @@ def run_concurrently(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", required=True, choices=sorted(SHAPES))
-    parser.add_argument("--configs", default="seed,workflow", help=f"comma-separated: workflow, {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default="seed,workflow",
+                        help=f"comma-separated: workflow, {', '.join(CONFIGS)}; "
+                             "'+key=value' overrides a sizing key, e.g. workflow+lazy_metrics=true")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")
@@ -211,7 +221,7 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
-            spec = workflow_config(args.shape) if name == "workflow" else CONFIGS[name]
+            spec = config_spec(args.shape, name)
             try:
                 record = measure(args.shape, name, spec, tokenizer, args.warmup, args.steps, Path(tmp))
             except Exception as error:  # one failing lever must not lose the other measurements

@@ -35,7 +35,8 @@ TRAINING = {
              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
 }
 PLAIN = {"train_micro_batch": 2, "gradient_checkpointing": True, "padding_free": False, "attention": "sdpa"}
-OPTIMIZED = {"train_micro_batch": None, "gradient_checkpointing": False, "padding_free": True, "attention": "varlen"}
+OPTIMIZED = {"train_micro_batch": None, "gradient_checkpointing": False, "padding_free": True, "attention": "varlen",
+             "lazy_metrics": True}
 N_STEPS = 3
 
 
@@ -84,6 +85,7 @@ def test_optimized_path_trains_the_same_student(tmp_path):
 
     assert plain.args.gradient_accumulation_steps == 3 and fast.args.gradient_accumulation_steps == 1
     assert fast.args.padding_free and not plain.args.padding_free
+    assert type(fast).__name__ == "LazyMetricsSFTTrainer" and type(plain).__name__ == "SFTTrainer"
     assert len(plain_losses) == len(fast_losses) == N_STEPS
     np.testing.assert_allclose(fast_losses, plain_losses, rtol=LOSS_RTOL)
     # the adapters moved, and moved the same way
@@ -91,6 +93,28 @@ def test_optimized_path_trains_the_same_student(tmp_path):
     assert plain_lora.keys() == fast_lora.keys()
     for name, weight in plain_lora.items():
         torch.testing.assert_close(fast_lora[name], weight, atol=WEIGHT_ATOL, rtol=1e-4, msg=name)
+    # the packed length counts the same real tokens as the padded batches' attention masks
+    assert logged(fast, "num_tokens") == logged(plain, "num_tokens")
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry and "loss" in entry]
+
+
+@pytest.mark.slow  # two tiny trainings, ~30 s
+def test_lazy_metrics_log_what_trl_logs(tmp_path):
+    """lazy_metrics reads entropy, token accuracy and the token count back once per logging step
+    instead of every micro-step: same loss, same logged metrics, same adapter as TRL's trainer
+    (padded batches, 3 micro-steps a step: the per-micro-step averaging is exercised)."""
+    trl_losses, trl_lora, trl = train_losses(tmp_path, PLAIN, "trl")
+    lazy_losses, lazy_lora, lazy = train_losses(tmp_path, {**PLAIN, "lazy_metrics": True}, "lazy")
+    assert not lazy.args.logging_nan_inf_filter and trl.args.logging_nan_inf_filter
+    np.testing.assert_allclose(lazy_losses, trl_losses, rtol=1e-6)
+    for key in ("entropy", "mean_token_accuracy", "num_tokens"):
+        assert len(logged(lazy, key)) == N_STEPS, key
+        np.testing.assert_allclose(logged(lazy, key), logged(trl, key), rtol=1e-6, err_msg=key)
+    for name, weight in trl_lora.items():
+        torch.testing.assert_close(lazy_lora[name], weight, atol=1e-7, rtol=1e-6, msg=name)
 
 
 def test_varlen_attention_matches_padded_attention():

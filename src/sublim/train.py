@@ -51,6 +51,7 @@ TRAIN_SIZING_DEFAULTS = {
     "torch_compile": False,
     "fused_optimizer": False,     # adamw_torch -> adamw_torch_fused: the same update, one kernel
     "logging_steps": 1,
+    "lazy_metrics": False,        # entropy/accuracy/token count read back once per logging step
 }
 
 
@@ -121,7 +122,48 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         include_num_input_tokens_seen="no" if report_to == "none" else "non_padding",
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
+        # its NaN check reads the loss back every micro-step; it only changes what a NaN step logs
+        logging_nan_inf_filter=not levers["lazy_metrics"],
     )
+
+
+class LazyMetricsSFTTrainer(SFTTrainer):
+    """SFTTrainer that reads its per-step metrics back to the host only when it logs.
+
+    TRL 1.16's compute_loss turns entropy, token accuracy and the token count into Python floats
+    (`.item()`) on every micro-step: the CPU waits for the forward pass to finish before it may
+    queue the backward, so the GPU idles for the launch time of every step. Here the same metrics
+    stay GPU tensors until `log`, which averages them as TRL does. The loss is TRL's own `nll`
+    branch; any other setup (custom loss, label smoothing, DFT, MoE aux loss, several processes,
+    evaluation) takes TRL's code unchanged."""
+
+    def _plain_nll(self) -> bool:
+        return (self.compute_loss_func is None and self.label_smoother is None and self.args.loss_type == "nll"
+                and not self.aux_loss_enabled and self.accelerator.num_processes == 1)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not self.model.training or not self._plain_nll():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        # entropy and top-1 hits are zero on ignored positions: a batch with none valid logs 0, as in TRL
+        valid = outputs.label_mask.sum().clamp(min=1)
+        metrics = self._metrics["train"]
+        metrics["entropy"].append(outputs.entropy.detach().sum() / valid)
+        metrics["mean_token_accuracy"].append(outputs.is_top1.sum() / valid)
+        if "attention_mask" in inputs:
+            self._total_train_tokens += inputs["attention_mask"].sum()
+        else:  # padding-free: the packed length is known on the host
+            self._total_train_tokens += inputs["position_ids"].size(1)
+        metrics["num_tokens"] = [self._total_train_tokens]
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for values in self._metrics["train"].values():
+            values[:] = [v.item() if torch.is_tensor(v) else v for v in values]
+        super().log(logs, start_time)
 
 
 def check_row_lengths(trainer: SFTTrainer, max_length: int) -> None:
@@ -140,7 +182,8 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
                   checkpoint_dir: Path, callbacks: list | tuple = (), report_to: str = "none",
                   run_name: str | None = None) -> SFTTrainer:
     """The SFTTrainer of the train stage; the benchmarks and the equivalence test build theirs here too."""
-    trainer = SFTTrainer(
+    trainer_class = LazyMetricsSFTTrainer if train_sizing(sizing)["lazy_metrics"] else SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=sft_config(training, sizing, seed, checkpoint_dir, report_to, run_name),
         train_dataset=dataset,
