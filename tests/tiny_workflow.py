@@ -5,6 +5,7 @@ or a preempted node would."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -46,6 +47,7 @@ def tiny_model() -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out_dir = Path(tempfile.mkdtemp(prefix="sublim-tiny-model-"))
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     tokenizer = tiny_tokenizer()
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
