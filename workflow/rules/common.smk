@@ -10,6 +10,7 @@ from sublim.config import (
     seed_for,
     sizing_for,
 )
+from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
 
 try:
     config.update(resolve(config, Path(workflow.basedir) / "config" / "schema.yaml"))
@@ -56,6 +57,23 @@ def cpus(wildcards):
 
 def gpu_model(wildcards):
     return sizing(wildcards).get("gpu_model")
+
+
+# A local profile caps gpu_slots at one card's slots (profiles/b200): generate/evaluate take the
+# whole card, a small model's training a share of it (sizing gpu_share), so trainings pack.
+def gpu_slots(wildcards):
+    return whole_gpu_slots(sizing(wildcards))
+
+
+def train_slots(wildcards):
+    try:
+        return train_gpu_slots(sizing(wildcards), wildcards.size)
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def train_cpu_threads(wildcards):
+    return train_threads(sizing(wildcards))
 
 
 def run_seed(wildcards):

@@ -17,6 +17,7 @@ rule evaluate:
     threads: 8
     resources:
         gpu=gpus,
+        gpu_slots=gpu_slots,
         gpu_model=gpu_model,
         cpus_per_task=cpus,
         mem_mb=mem_mb,
@@ -49,6 +50,7 @@ rule evaluate_base:
     threads: 8
     resources:
         gpu=gpus,
+        gpu_slots=gpu_slots,
         gpu_model=gpu_model,
         cpus_per_task=cpus,
         mem_mb=mem_mb,

@@ -13,6 +13,7 @@ rule generate:
     threads: 8
     resources:
         gpu=gpus,
+        gpu_slots=gpu_slots,
         gpu_model=gpu_model,
         cpus_per_task=cpus,
         mem_mb=mem_mb,

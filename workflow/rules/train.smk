@@ -21,9 +21,10 @@ rule train:
         f"benchmarks/runs/train/{CELL}.tsv"
     conda:
         "../../envs/sublim.yaml"
-    threads: 8
+    threads: train_cpu_threads
     resources:
         gpu=gpus,
+        gpu_slots=train_slots,
         gpu_model=gpu_model,
         cpus_per_task=cpus,
         mem_mb=mem_mb,
