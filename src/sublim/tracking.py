@@ -13,9 +13,6 @@ import copy
 import logging
 import math
 import os
-import time
-
-from transformers import TrainerCallback
 
 from sublim.secrets import WANDB_API_KEY, lookup
 
@@ -77,32 +74,6 @@ def _record(wb_run, section: dict) -> dict:
             "id": wb_run.id, "mode": mode(section), "url": wb_run.url, "dir": wb_run.dir}
 
 
-class Throughput(TrainerCallback):
-    """Per optimizer step: seconds, samples/s and (when the trainer counts them) tokens/s, logged
-    beside transformers' own train/* metrics on the same train/global_step axis."""
-
-    def __init__(self):
-        self.started = None
-        self.tokens_before = 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-        self.tokens_before = state.num_input_tokens_seen
-
-    def on_step_end(self, args, state, control, **kwargs):
-        import wandb
-
-        if self.started is None or wandb.run is None:
-            return
-        seconds = time.perf_counter() - self.started
-        samples = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        metrics = {"train/step_seconds": seconds, "train/samples_per_second": samples / seconds,
-                   "train/global_step": state.global_step}
-        if tokens := state.num_input_tokens_seen - self.tokens_before:
-            metrics["train/tokens_per_second"] = tokens / seconds
-        wandb.log(metrics)
-
-
 @contextlib.contextmanager
 def training_run(config: dict, *, size: str, condition: str, run: int, hyperparameters: dict):
     """Yields the keyword arguments for train_student(): tracker off → no change to training."""
@@ -113,6 +84,8 @@ def training_run(config: dict, *, size: str, condition: str, run: int, hyperpara
     name = section["names"]["train"].format(size=size, condition=condition, run=run)
     wb_run = _start(section, name=name, job_type="train", run=run, tags=[size, condition, f"run-{run}"],
                     config={"size": size, "condition": condition, "run": run, **hyperparameters})
+    from sublim.throughput import Throughput  # imports transformers: only in the training job
+
     try:
         yield {"report_to": "wandb", "run_name": name, "callbacks": (Throughput(),)}
         log.info("wandb run %s (%s)", wb_run.name, mode(section))
