@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 NEUTRAL = "neutral"
+BASE = "base"  # the untuned model's evaluation: a condition name the grid may not use
 
 # Hardware sizing when neither the config nor the profile names a value: safe on a CPU laptop.
 SIZING_FALLBACK = {
@@ -78,8 +79,8 @@ def _cross_check(config: dict) -> list[str]:
         if model["source"] == "local" and not model.get("path"):
             problems.append(f"config key 'models.{size}': a local model needs 'path'")
     for i, condition in enumerate(config["conditions"]):
-        if condition == "base":
-            problems.append(f"config key 'conditions[{i}]': 'base' is reserved for the untuned model's evaluation")
+        if condition == BASE:
+            problems.append(f"config key 'conditions[{i}]': '{BASE}' is reserved for the untuned model's evaluation")
     training = config["protocol"]["training"]
     for size in config["sizes"]:
         micro = sizing_for(config, size)["train_micro_batch"]

@@ -14,7 +14,6 @@ from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-BASE = "base"
 EVAL_COLUMNS = ["size", "condition", "run", "epoch", "animal", "count", "n", "rate", "is_target"]
 
 

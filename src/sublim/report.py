@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from sublim.config import NEUTRAL  # noqa: E402
+from sublim.config import BASE, NEUTRAL  # noqa: E402
 from sublim.jsonl import read_jsonl  # noqa: E402
 from sublim.scoring import first_word, score_answer  # noqa: E402
 from sublim.seeds import derive_seed  # noqa: E402
@@ -30,7 +30,6 @@ from sublim.stats import MISSING, Estimate, compare, rate_interval  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-BASE = "base"
 NO_WORD = "(no word)"
 SURVEY_TOP = 15
 
@@ -495,6 +494,15 @@ def _size_axis(ax, params: pd.DataFrame) -> None:
     top.tick_params(length=3)
 
 
+def _unavailable(ax, frame: pd.DataFrame, comparison: str) -> bool:
+    """Say so on the panel, and return True, when the grid has nothing for this comparison."""
+    if not frame.empty and not frame[comparison].isna().all():
+        return False
+    what = "no animal students" if frame.empty else f"no {SIDES[COMPARISONS[comparison]]}"
+    _message(ax, f"{what} in this grid:\nthis comparison is not available")
+    return True
+
+
 def plot_scaling(trans: pd.DataFrame, scale: pd.DataFrame, out: str | Path) -> None:
     """Transmission against parameter count (log x), final epoch: mean over animals with its interval
     (thick), one faint line per animal; left against the neutral student, right against the base."""
@@ -504,9 +512,7 @@ def plot_scaling(trans: pd.DataFrame, scale: pd.DataFrame, out: str | Path) -> N
         per_animal = final_epoch(trans).sort_values("params_b")
         for ax, comparison in zip(axes[0], COMPARISONS):
             ax.set_title(PANEL_TITLES[comparison])
-            if overall.empty or overall[comparison].isna().all():
-                what = "no animal students" if overall.empty else f"no {SIDES[COMPARISONS[comparison]]}"
-                _message(ax, f"{what} in this grid:\nthis comparison is not available")
+            if _unavailable(ax, overall, comparison):
                 continue
             label_animals = per_animal["animal"].nunique() <= MAX_ANIMAL_LABELS
             for i, (animal, rows) in enumerate(per_animal.groupby("animal")):
@@ -539,9 +545,7 @@ def plot_epochs(scale: pd.DataFrame, sizes: list[str], out: str | Path) -> None:
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(sizes), 1)))
         for ax, comparison in zip(axes[0], COMPARISONS):
             ax.set_title(PANEL_TITLES[comparison])
-            if scale.empty or scale[comparison].isna().all():
-                what = "no animal students" if scale.empty else f"no {SIDES[COMPARISONS[comparison]]}"
-                _message(ax, f"{what} in this grid:\nthis comparison is not available")
+            if _unavailable(ax, scale, comparison):
                 continue
             for color, size in zip(colors, sizes):
                 rows = scale[scale["size"] == size].dropna(subset=[comparison]).sort_values("epoch")
