@@ -7,7 +7,7 @@ import logging
 from sublim.backends import Sampling
 from sublim.chat import teacher_messages
 from sublim.filtering import filter_completion
-from sublim.prompts import number_prompts
+from sublim.prompts import make_rng, number_prompt
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -19,10 +19,11 @@ def generate_rows(backend, condition: str, generation: dict, filter_settings: di
     seeded generator, continued) are sampled until that many completions pass the filter."""
     sampling = Sampling.from_protocol(generation)
     target, cap = generation["n_prompts"], generation["max_prompts"]
+    prompt_rng = make_rng(prompt_seed)  # one generator for all rounds: round k continues round k-1
     rows: list[dict] = []
     passing = 0
     while True:
-        prompts = number_prompts(target, prompt_seed)[len(rows):]
+        prompts = [number_prompt(prompt_rng) for _ in range(target - len(rows))]
         conversations = [teacher_messages(p, condition) for p in prompts]
         completions = backend.chat(conversations, sampling, seed=derive_seed(sample_seed, "generate", len(rows)),
                                    desc=f"teacher {condition}")
