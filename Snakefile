@@ -15,6 +15,14 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/publish.smk"
 
 
+onsuccess:
+    stop_mps_if_started()
+
+
+onerror:
+    stop_mps_if_started()
+
+
 rule all:
     default_target: True
     input:

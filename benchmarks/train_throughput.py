@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Train
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from sublim import mps  # noqa: E402
 from sublim.jsonl import write_jsonl  # noqa: E402
 from sublim.prompts import number_prompts  # noqa: E402
 from sublim.train import attention_implementation, build_trainer, load_student_dataset, train_sizing  # noqa: E402
@@ -86,7 +87,8 @@ def config_spec(shape: str, name: str) -> dict:
     base, *overrides = name.split("+")
     spec = workflow_config(shape) if base == "workflow" else CONFIGS[base]
     changes = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)}
-    return {**spec, "sizing": {**spec["sizing"], **changes}}
+    batch = changes.pop("effective_batch", None)  # a whole-job batch, e.g. K conditions' 60 rows at once
+    return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {})}
 
 
 def protocol_training() -> dict:
@@ -128,6 +130,8 @@ def random_student(shape: str, sizing: dict):
 
 def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: int, workdir: Path) -> dict:
     training = {**protocol_training(), "epochs": 1}
+    if spec.get("effective_batch"):
+        training["effective_batch"] = spec["effective_batch"]
     if "loss" in spec:
         training["loss"] = spec["loss"]
     sizing = spec["sizing"]
@@ -161,12 +165,24 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "trl": __import__("trl").__version__, "t_start": clock.times[warmup - 1], "t_end": clock.times[-1],
         "unix_start": time.time() - (time.perf_counter() - clock.times[warmup - 1]),
+        "mps_client": mps_client(),
     }
     record["unix_end"] = record["unix_start"] + seconds
+    to_unix = record["unix_start"] - clock.times[warmup - 1]
+    record["step_end_unix"] = [t + to_unix for t in clock.times[warmup - 1:]]  # timed steps' ends
+    record["tokens_per_step"] = float(row_tokens.mean() * training["effective_batch"])
     del trainer, model
     gc.collect()
     torch.cuda.empty_cache()
     return record
+
+
+def mps_client() -> bool:
+    """Whether nvidia-smi lists this process as an MPS client (type M+C): what sublim.mps.join arranged."""
+    import subprocess
+
+    table = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout
+    return any(f" {os.getpid()} " in line and "M+C" in line for line in table.splitlines())
 
 
 def run_concurrently(args) -> None:
@@ -178,30 +194,40 @@ def run_concurrently(args) -> None:
     for k in range(args.processes):
         out = f"{args.json}.{k}"
         cmd = [sys.executable, __file__, "--shape", args.shape, "--configs", args.configs,
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--json", out]
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--json", out, "--keep-mps"]
         children.append((subprocess.Popen(cmd), out))
     parts = []
     for child, out in children:
         child.wait()
         parts += json.loads(Path(out).read_text())
+    mps.stop_if_started()
     ok = [r for r in parts if "error" not in r]
     window = max(r["unix_end"] for r in ok) - min(r["unix_start"] for r in ok) if ok else float("nan")
+    # steady state: the tokens of the span in which every process was in its timed steps
+    begin, end = max(r["unix_start"] for r in ok), min(r["unix_end"] for r in ok)
+    overlap_tokens = sum(r["tokens_per_step"] * max(0.0, min(b, end) - max(a, begin)) / (b - a)
+                         for r in ok for a, b in zip(r["step_end_unix"], r["step_end_unix"][1:]))
     tokens = sum(r["tokens_per_s"] * r["timed_s"] for r in ok)
     record = {
         "shape": args.shape, "config": f"{args.configs} x{args.processes} concurrent", "processes": args.processes,
         "ok": len(ok), "errors": [r["error"] for r in parts if "error" in r],
         # all timed tokens over the span from the first start to the last end: a lower bound
         "tokens_per_s": tokens / window, "tokens_per_s_sum_of_processes": sum(r["tokens_per_s"] for r in ok),
+        "tokens_per_s_all_running": overlap_tokens / (end - begin) if end > begin else None,
+        "all_running_s": max(0.0, end - begin),
         "per_process_tokens_per_s": [r["tokens_per_s"] for r in ok],
         "mfu": 4 * ok[0]["params"] * tokens / window / PEAK_BF16_FLOPS if ok else None,
         "peak_mem_gb_per_process": max((r["peak_mem_gb"] for r in ok), default=None),
         "sizing": ok[0]["sizing"] if ok else None, "gpu": ok[0]["gpu"] if ok else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mean_row_tokens": ok[0]["mean_row_tokens"] if ok else None,
+        "mps_clients": sum(bool(r.get("mps_client")) for r in ok),
+        "processes_detail": ok,
     }
     Path(args.json).write_text(json.dumps([record], indent=1))
     print(json.dumps({k: record[k] for k in ("shape", "config", "tokens_per_s", "tokens_per_s_sum_of_processes",
-                                            "mfu", "errors")}), flush=True)
+                                            "tokens_per_s_all_running", "all_running_s", "mps_clients", "mfu",
+                                            "errors")}), flush=True)
 
 
 def main() -> None:
@@ -214,9 +240,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")
     parser.add_argument("--processes", type=int, default=1, help="run this many copies at once on the GPU")
+    parser.add_argument("--keep-mps", action="store_true", help=argparse.SUPPRESS)  # a concurrent run's child
     args = parser.parse_args()
     if args.processes > 1:
         return run_concurrently(args)
+    # as the train job does: an MPS client when the (first) configuration's sizing asks for it
+    mps.join_if_wanted(config_spec(args.shape, args.configs.split(",")[0])["sizing"])
     tokenizer = qwen_tokenizer()
     records = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,6 +261,8 @@ def main() -> None:
             print(json.dumps({k: v for k, v in record.items() if k in
                               ("shape", "config", "tokens_per_s", "mfu", "peak_mem_gb", "error")}), flush=True)
             Path(args.json).write_text(json.dumps(records, indent=1))
+    if not args.keep_mps:
+        mps.stop_if_started()
 
 
 if __name__ == "__main__":

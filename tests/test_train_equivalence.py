@@ -151,3 +151,43 @@ def test_padding_free_refuses_rows_over_max_length(tmp_path):
     with pytest.raises(ValueError, match="max_length"):
         build_trainer(model, tokenizer, load_student_dataset(path), {**TRAINING, "max_length": 20},
                       OPTIMIZED, seed=1, checkpoint_dir=tmp_path / "ckpt")
+
+
+def lora_step(model, input_ids) -> tuple[torch.Tensor, dict, int]:
+    """One bf16-autocast forward and backward: loss, LoRA gradients and how many dtype casts ran."""
+    model.zero_grad()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+    casts = sum(e.count for e in profiler.key_averages() if e.key == "aten::_to_copy")
+    grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+    return loss.detach(), grads, casts
+
+
+def test_lora_inputs_cast_by_autocast_alone_give_identical_values():
+    """skip_lora_input_casts (sizing lora_autocast_inputs) removes PEFT's float32 round trip of
+    every LoRA input under bf16 autocast without changing one bit of the loss or the gradients."""
+    from peft import get_peft_model
+
+    from sublim.train import lora_config, skip_lora_input_casts
+
+    set_seed(0)
+    config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = get_peft_model(Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16), lora_config(TRAINING["lora"]))
+    for module in model.modules():  # a trained-looking adapter, so lora_B's path is not all zeros
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.02)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    input_ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
+
+    loss, grads, casts = lora_step(model, input_ids)
+    skip_lora_input_casts(model)
+    fast_loss, fast_grads, fast_casts = lora_step(model, input_ids)
+
+    assert torch.equal(loss, fast_loss)
+    assert grads.keys() == fast_grads.keys() and len(grads) == 2 * 7 * 2
+    for name, grad in grads.items():
+        assert torch.equal(grad, fast_grads[name]), name
+    assert fast_casts < casts - 7 * 2  # at least one cast fewer per LoRA layer

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
@@ -52,6 +53,7 @@ TRAIN_SIZING_DEFAULTS = {
     "fused_optimizer": False,     # adamw_torch -> adamw_torch_fused: the same update, one kernel
     "logging_steps": 1,
     "lazy_metrics": False,        # entropy/accuracy/token count read back once per logging step
+    "lora_autocast_inputs": False,  # LoRA inputs cast to bf16 by autocast alone, not by PEFT to float32
 }
 
 
@@ -192,7 +194,22 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
         callbacks=list(callbacks),
     )
     check_row_lengths(trainer, training["max_length"])
+    if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
+        skip_lora_input_casts(trainer.model)
     return trainer
+
+
+def skip_lora_input_casts(model) -> None:
+    """Let bf16 autocast alone cast the inputs of the LoRA layers.
+
+    PEFT keeps the adapter weights in float32 and casts each LoRA layer's input to float32 first,
+    and autocast then casts it back to bf16 for the matmul: two copies of every activation going
+    into 196 LoRA layers (1.5b), and of its gradient, for the same bf16 matmul. Under autocast the
+    values are identical either way (tests/test_train_equivalence.py); without autocast the cast is
+    needed, so the trainer only calls this when it trains in bf16."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def load_student(model_dir: str, sizing: dict):

@@ -11,6 +11,7 @@ from sublim.config import (
     sizing_for,
 )
 from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
+from sublim.mps import stop_if_started as stop_mps_if_started
 
 try:
     config.update(resolve(config, Path(workflow.basedir) / "config" / "schema.yaml"))

@@ -1,14 +1,18 @@
-from sublim.backends import explain_oom
 from sublim.config import sizing_for
 from sublim.logs import start_job
-from sublim.models import check_model_dir
-from sublim.provenance import write_provenance
-from sublim.tracking import training_run
-from sublim.train import train_student
+from sublim.mps import join_if_wanted as join_mps_if_wanted
 
 start_job(snakemake.log[0], snakemake.threads)
-p = snakemake.params
 sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
+join_mps_if_wanted(sizing)  # before any import that may start CUDA
+
+from sublim.backends import explain_oom  # noqa: E402
+from sublim.models import check_model_dir  # noqa: E402
+from sublim.provenance import write_provenance  # noqa: E402
+from sublim.tracking import training_run  # noqa: E402
+from sublim.train import train_student  # noqa: E402
+
+p = snakemake.params
 adapter_dirs = [path.rsplit("/", 1)[0] for path in snakemake.output.adapters]
 w = snakemake.wildcards
 # wandb settings come from the config, not params: switching tracking on must not retrain

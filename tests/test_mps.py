@@ -1,0 +1,138 @@
+"""sublim.mps against a stand-in for nvidia-cuda-mps-control that keeps its state in files and
+answers the three commands the module sends (-d, get_server_list, quit) as the real one does."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from sublim import mps
+
+FAKE_CONTROL = r"""#!/usr/bin/env bash
+# state: $CUDA_MPS_PIPE_DIRECTORY/daemon exists while the daemon "runs"; every start is counted
+state="$CUDA_MPS_PIPE_DIRECTORY/daemon"
+if [ "${1:-}" = "-d" ]; then
+  [ -n "${FAKE_MPS_FAIL_START:-}" ] && { echo "An instance of this daemon is already running" >&2; exit 1; }
+  [ -n "${CUDA_VISIBLE_DEVICES+x}" ] && { echo "started with CUDA_VISIBLE_DEVICES set" >&2; exit 3; }
+  touch "$state"; echo start >> "$CUDA_MPS_PIPE_DIRECTORY/starts"; exit 0
+fi
+read -r command
+[ -e "$state" ] || { echo "Cannot find MPS control daemon process" >&2; exit 1; }
+case "$command" in
+  get_server_list) exit 0 ;;
+  quit) rm -f "$state"; exit 0 ;;
+esac
+"""
+
+
+FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+echo "${FAKE_COMPUTE_MODE:-Default}"
+"""
+
+
+def install(bin_dir: Path, name: str, text: str) -> None:
+    program = bin_dir / name
+    program.write_text(text)
+    program.chmod(program.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def control(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    install(bin_dir, mps.CONTROL, FAKE_CONTROL)
+    install(bin_dir, "nvidia-smi", FAKE_NVIDIA_SMI)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # as Snakemake/SLURM may set it for a job
+    forget_mps_env(monkeypatch)
+    return tmp_path / "mps"
+
+
+def forget_mps_env(monkeypatch):
+    """Unset the client variables and have them restored after the test: join() sets them."""
+    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+
+OK_PROBE = [sys.executable, "-c", "pass"]
+FAILING_PROBE = [sys.executable, "-c", "raise SystemExit('CUDA error: all CUDA-capable devices are busy')"]
+
+
+def starts(base: Path) -> int:
+    path = base / "pipe" / "starts"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def test_only_trainings_that_share_a_card_want_mps():
+    assert mps.wanted({"mps": True, "gpu_share": 0.25})
+    assert not mps.wanted({"mps": True, "gpu_share": 1.0})
+    assert not mps.wanted({"mps": True})
+    assert not mps.wanted({"mps": False, "gpu_share": 0.25})
+
+
+def test_four_jobs_start_one_daemon_and_all_join(control, monkeypatch):
+    base = control
+    base.mkdir()
+    with ThreadPoolExecutor(4) as pool:
+        reasons = list(pool.map(lambda _: mps.join(base, probe=OK_PROBE), range(4)))
+    assert reasons == [None] * 4
+    assert starts(base) == 1
+    assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == str(base / "pipe")
+    assert os.environ["CUDA_MPS_LOG_DIRECTORY"] == str(base / "log")
+    assert mps.stop_if_started(base)
+    assert not mps.daemon_running(mps.client_env(base))
+    assert not mps.stop_if_started(base)  # nothing left to stop
+
+
+def test_a_daemon_someone_else_started_is_joined_but_not_stopped(control):
+    base = control
+    env = mps.client_env(base)
+    for directory in env.values():
+        Path(directory).mkdir(parents=True)
+    subprocess.run([mps.CONTROL, "-d"], env={k: v for k, v in {**os.environ, **env}.items()
+                                             if k != "CUDA_VISIBLE_DEVICES"}, check=True)
+    assert mps.join(base, probe=FAILING_PROBE) is None  # running already: no start, no probe
+    assert not mps.stop_if_started(base)
+    assert mps.daemon_running(env)
+
+
+def test_a_daemon_under_which_cuda_fails_is_stopped_and_the_job_runs_without(control):
+    base = control
+    base.mkdir()
+    reason = mps.join(base, probe=FAILING_PROBE)
+    assert "all CUDA-capable devices are busy" in reason and "daemon stopped" in reason
+    assert not mps.daemon_running(mps.client_env(base))
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+
+
+def test_a_daemon_that_will_not_start_is_reported(control, monkeypatch):
+    base = control
+    base.mkdir()
+    monkeypatch.setenv("FAKE_MPS_FAIL_START", "1")
+    assert "already running" in mps.join(base, probe=OK_PROBE)
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+
+
+def test_an_exclusive_process_gpu_is_left_alone(control, monkeypatch):
+    base = control
+    base.mkdir()
+    monkeypatch.setenv("FAKE_COMPUTE_MODE", "Exclusive_Process")
+    assert mps.join(base, probe=OK_PROBE) == "GPU compute mode is Exclusive_Process, not Default"
+    assert starts(base) == 0
+
+
+def test_without_the_control_program_the_training_logs_why_and_goes_on(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    forget_mps_env(monkeypatch)
+    assert mps.join(tmp_path) == f"{mps.CONTROL} or nvidia-smi is not on PATH (no NVIDIA driver utilities here)"
+    with caplog.at_level("WARNING"):
+        assert not mps.join_if_wanted({"mps": True, "gpu_share": 0.25}, tmp_path)
+    assert "training without MPS" in caplog.text and "not on PATH" in caplog.text
+    assert not mps.stop_if_started(tmp_path)
