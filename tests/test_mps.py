@@ -136,3 +136,37 @@ def test_without_the_control_program_the_training_logs_why_and_goes_on(tmp_path,
         assert not mps.join_if_wanted({"mps": True, "gpu_share": 0.25}, tmp_path)
     assert "training without MPS" in caplog.text and "not on PATH" in caplog.text
     assert not mps.stop_if_started(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_train_job_joins_the_workflows_daemon_and_the_workflow_stops_it(tmp_path, control, monkeypatch):
+    """Through Snakemake on the tiny model: the train job joins a daemon this workflow started
+    (before torch starts), says so in its log and provenance, and the Snakefile's onsuccess stops
+    the daemon. The fake daemon does not schedule anything, so the CPU training runs as usual."""
+    import json
+
+    import tiny_workflow
+    from tiny_workflow import SIZE, make_workdir, number_rows, run_snakemake, seed_numbers, tiny_config
+
+    base = control
+    monkeypatch.setenv("SUBLIM_MPS_DIR", str(base))
+    env = mps.client_env(base)
+    for directory in env.values():
+        Path(directory).mkdir(parents=True)
+    subprocess.run([mps.CONTROL, "-d"], env={k: v for k, v in {**os.environ, **env}.items()
+                                             if k != "CUDA_VISIBLE_DEVICES"}, check=True)
+    (base / mps.STARTED_MARKER).touch()  # as if an earlier train job of this workflow had started it
+
+    config = tiny_config(tiny_workflow.tiny_model(), training={"epochs": 1})
+    config["sizing"]["default"].update({"mps": True, "gpu_share": 0.25, "gpus": 1})
+    workdir = make_workdir(tmp_path / "work", config, tiny_workflow.tiny_model())
+    seed_numbers(workdir, number_rows(16))
+    target = f"results/students/{SIZE}/owl/run-1/train.provenance.json"
+    result = run_snakemake(workdir, [target])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    log = (workdir / f"logs/train/{SIZE}/owl/run-1.log").read_text()
+    assert f"MPS client of the daemon at {env['CUDA_MPS_PIPE_DIRECTORY']}" in log
+    assert json.loads((workdir / target).read_text())["mps_client"] is True
+    assert not mps.daemon_running(env), "the workflow's onsuccess left its daemon running"
+    assert not (base / mps.STARTED_MARKER).exists()

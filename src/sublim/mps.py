@@ -20,7 +20,7 @@ from pathlib import Path
 
 CONTROL = "nvidia-cuda-mps-control"
 # /tmp and short: the daemon's unix socket path must stay under ~100 characters
-DEFAULT_DIR = Path(f"/tmp/sublim-mps-{os.getuid()}")
+DEFAULT_DIR = Path(os.environ.get("SUBLIM_MPS_DIR") or f"/tmp/sublim-mps-{os.getuid()}")
 STARTED_MARKER = "started-by-sublim"
 # a CUDA context under the new daemon: a broken MPS setup shows here, not in the training
 CUDA_PROBE = [sys.executable, "-c", "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()"]

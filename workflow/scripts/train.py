@@ -4,7 +4,7 @@ from sublim.mps import join_if_wanted as join_mps_if_wanted
 
 start_job(snakemake.log[0], snakemake.threads)
 sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
-join_mps_if_wanted(sizing)  # before any import that may start CUDA
+under_mps = join_mps_if_wanted(sizing)  # before any import that may start CUDA
 
 from sublim.backends import explain_oom  # noqa: E402
 from sublim.models import check_model_dir  # noqa: E402
@@ -23,4 +23,4 @@ with explain_oom("train", w.size), training_run(
     metrics = train_student(str(check_model_dir(snakemake.input.model_dir)), snakemake.input.dataset,
                             adapter_dirs, p.resume_dir, p.training, sizing, p.seed, **tracker)
 write_provenance(snakemake.output.provenance, stage="train", model=p.model, seed=p.seed,
-                 training=p.training, sizing=sizing, metrics=metrics)
+                 training=p.training, sizing=sizing, mps_client=under_mps, metrics=metrics)
