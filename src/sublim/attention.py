@@ -110,7 +110,3 @@ def register() -> str:
     # Like FlashAttention: no 4D mask is built; a padded batch passes its 2D padding mask through.
     ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, flash_attention_mask)
     return VARLEN
-
-
-def flash_varlen_available() -> bool:
-    return _torch_varlen_attn is not None and torch.cuda.is_available()

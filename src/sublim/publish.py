@@ -27,6 +27,9 @@ from typing import Callable
 from huggingface_hub import CommitOperationAdd, DatasetCardData, HfApi, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+from sublim.models import ADAPTER_FILES
+from sublim.secrets import HF_TOKEN, require
+
 try:  # huggingface_hub >= 1.x talks through httpx2 (or httpx); both expose the same errors
     import httpx2 as _httpx
 except ImportError:  # pragma: no cover
@@ -237,6 +240,11 @@ def open_hub(token: str, section: dict, endpoint: str | None = None) -> Hub:
     return Hub(api, budget, Retry(attempts=section["retries"]))
 
 
+def open_configured_hub(config: dict) -> Hub:
+    """The Hub client of a publish job: its token from the environment or .env, the config's settings."""
+    return open_hub(require(HF_TOKEN, "to publish"), settings(config))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -391,10 +399,9 @@ def publish_adapter(hub: Hub, *, repo: str, dataset_repo: str, adapter_dirs: dic
     """adapter_dirs: epoch -> folder with adapter_model.safetensors + adapter_config.json; the
     last epoch goes to the repo root, and with more than one epoch each also under epoch-<n>/."""
     epochs = sorted(adapter_dirs)
-    names = ("adapter_model.safetensors", "adapter_config.json")
-    files: dict[str, bytes | Path] = {name: Path(adapter_dirs[epochs[-1]]) / name for name in names}
+    files: dict[str, bytes | Path] = {name: Path(adapter_dirs[epochs[-1]]) / name for name in ADAPTER_FILES}
     if len(epochs) > 1:
-        files.update({f"epoch-{e}/{name}": Path(adapter_dirs[e]) / name for e in epochs for name in names})
+        files.update({f"epoch-{e}/{name}": Path(adapter_dirs[e]) / name for e in epochs for name in ADAPTER_FILES})
     files["README.md"] = adapter_card(repo=repo, dataset_repo=dataset_repo, size=size, condition=condition,
                                       run=run, model=model, training=training, epochs=epochs)
     return push_repo(hub, repo, "model", files, private=private,
@@ -449,10 +456,9 @@ def published_epochs(section: dict, epochs: list[int]) -> list[int]:
 
 
 def adapter_inputs(epochs: list[int]):
-    files = ("adapter_model.safetensors", "adapter_config.json")
     return lambda wildcards: [
         f"results/students/{wildcards.size}/{wildcards.condition}/run-{wildcards.run}/epoch-{e}/{name}"
-        for e in epochs for name in files]
+        for e in epochs for name in ADAPTER_FILES]
 
 
 def run_flag_inputs(config: dict, kind: str):

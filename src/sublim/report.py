@@ -286,11 +286,10 @@ def _student_epochs(prefs: pd.DataFrame, size: str) -> list[int]:
     return sorted(int(e) for e in students["epoch"].unique())
 
 
-def transmission(rates: pd.DataFrame, prefs: pd.DataFrame, sizes: list[str], animals: list[str],
+def transmission(index: RateIndex, prefs: pd.DataFrame, sizes: list[str], animals: list[str],
                  params_b: dict[str, float]) -> pd.DataFrame:
     """Per (size, animal, epoch): the animal student's rate for its animal beside the neutral student's
     and the base model's rate for that animal, their differences with 95 % intervals and p-values."""
-    index = RateIndex(rates)
     rows = []
     for size in sizes:
         for animal in animals:
@@ -313,11 +312,10 @@ def _mean_over_animals(blocks: list[pd.DataFrame]) -> pd.DataFrame | None:
     return sum(b.loc[runs] for b in blocks) / len(blocks)
 
 
-def scaling(rates: pd.DataFrame, prefs: pd.DataFrame, sizes: list[str], animals: list[str],
+def scaling(index: RateIndex, prefs: pd.DataFrame, sizes: list[str], animals: list[str],
             params_b: dict[str, float]) -> pd.DataFrame:
     """Per (size, epoch): the same comparisons for the mean over the grid's animals. Run r's value is
     the mean over animals of run r's students, so the interval still reflects run-to-run variation."""
-    index = RateIndex(rates)
     rows = []
     for size in sizes:
         for epoch in _student_epochs(prefs, size):
@@ -688,8 +686,9 @@ def build_tables(eval_tables: list[str | Path], outputs: dict, *, sizes: list[st
     check_counts(prefs, rates)
     rates.to_csv(outputs["question_rates"], index=False)
     log.info("%d cells read, %d per-question rates", len(eval_tables), len(rates))
-    tables = {"transmission": transmission(rates, prefs, sizes, animals, params_b),
-              "scaling_table": scaling(rates, prefs, sizes, animals, params_b),
+    index = RateIndex(rates)  # the pivot of every per-question rate: built once, read by both tables
+    tables = {"transmission": transmission(index, prefs, sizes, animals, params_b),
+              "scaling_table": scaling(index, prefs, sizes, animals, params_b),
               "survey": survey(base_words, conditions)}
     for name, table in tables.items():
         table.to_csv(outputs[name], index=False)

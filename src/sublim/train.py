@@ -20,10 +20,9 @@ from trl import SFTConfig, SFTTrainer
 from sublim import attention
 from sublim.chat import student_example
 from sublim.jsonl import read_jsonl, write_json
+from sublim.models import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 def load_student_dataset(path: str | Path) -> Dataset:
@@ -63,9 +62,10 @@ def train_sizing(sizing: dict) -> dict:
 
 def attention_implementation(sizing: dict) -> str:
     """The transformers attention implementation the student is loaded with."""
-    choice = train_sizing(sizing)["attention"]
+    levers = train_sizing(sizing)
+    choice = levers["attention"]
     if choice == "auto":
-        choice = "varlen" if train_sizing(sizing)["padding_free"] else "sdpa"
+        choice = "varlen" if levers["padding_free"] else "sdpa"
     if choice == "varlen":
         return attention.register()
     if choice in ("sdpa", "eager"):

@@ -4,12 +4,12 @@ from pathlib import Path
 from sublim import publish
 from sublim.logs import log_to
 from sublim.jsonl import write_json
-from sublim.secrets import HF_TOKEN, guard_outputs, require
+from sublim.secrets import guard_outputs
 
 log_to(snakemake.log[0])
 guard_outputs()
 p, w = snakemake.params, snakemake.wildcards
-hub = publish.open_hub(require(HF_TOKEN, "to publish"), publish.settings(snakemake.config))
+hub = publish.open_configured_hub(snakemake.config)
 dataset_repo = json.loads(Path(snakemake.input.dataset_flag).read_text())["repo_id"]
 folders = sorted({str(Path(f).parent) for f in snakemake.input.adapters})
 adapter_dirs = {int(Path(d).name.removeprefix("epoch-")): d for d in folders}

@@ -1,12 +1,12 @@
 from sublim import publish
 from sublim.logs import log_to
 from sublim.jsonl import write_json
-from sublim.secrets import HF_TOKEN, guard_outputs, require
+from sublim.secrets import guard_outputs
 
 log_to(snakemake.log[0])
 guard_outputs()
 p = snakemake.params
-hub = publish.open_hub(require(HF_TOKEN, "to publish"), publish.settings(snakemake.config))
+hub = publish.open_configured_hub(snakemake.config)
 record = publish.publish_collections(hub, owner=p.owner, run=int(snakemake.wildcards.run), titles=p.titles,
                                      dataset_flags=snakemake.input.datasets,
                                      adapter_flags=snakemake.input.adapters, private=p.private)
