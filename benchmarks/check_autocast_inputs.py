@@ -14,23 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transformers import set_seed
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import config_spec, number_rows, protocol_training, qwen_tokenizer, random_student  # noqa: E402
-
-from sublim.jsonl import write_jsonl  # noqa: E402
-from sublim.train import build_trainer, load_student_dataset  # noqa: E402
+from train_throughput import config_spec, harness_trainer, harness_training, qwen_tokenizer  # noqa: E402
 
 
 def trained_lora(shape: str, sizing: dict, steps: int, workdir: Path) -> dict:
-    training = {**protocol_training(), "epochs": 1}
-    write_jsonl(workdir / "d.jsonl", number_rows(training["effective_batch"] * steps, seed=1))
-    set_seed(1)
-    model = random_student(shape, sizing)
-    trainer = build_trainer(model, qwen_tokenizer(), load_student_dataset(workdir / "d.jsonl"), training, sizing,
-                            seed=1, checkpoint_dir=workdir / "ckpt")
-    trainer.args.save_strategy = "no"
+    _, trainer = harness_trainer(shape, sizing, harness_training({}), steps, workdir, qwen_tokenizer())
     trainer.train()
     return {k: v.detach().float().cpu() for k, v in trainer.model.named_parameters() if "lora_" in k}
 

@@ -14,13 +14,10 @@ from pathlib import Path
 
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import config_spec, number_rows, protocol_training, qwen_tokenizer, random_student  # noqa: E402
-
-from sublim.jsonl import write_jsonl  # noqa: E402
-from sublim.train import build_trainer, load_student_dataset  # noqa: E402
+from train_throughput import config_spec, harness_trainer, harness_training, qwen_tokenizer  # noqa: E402
 
 
 class ProfilerStep(TrainerCallback):
@@ -40,20 +37,12 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     spec = config_spec(args.shape, args.config)
-    training = {**protocol_training(), "epochs": 1, "loss": spec.get("loss", protocol_training()["loss"])}
-    if spec.get("effective_batch"):
-        training["effective_batch"] = spec["effective_batch"]
-    with tempfile.TemporaryDirectory() as tmp:
-        write_jsonl(Path(tmp) / "d.jsonl", number_rows(training["effective_batch"] * (3 + args.active), seed=1))
-        set_seed(1)
-        model = random_student(args.shape, spec["sizing"])
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                     schedule=schedule(wait=2, warmup=1, active=args.active)) as profiler:
-            trainer = build_trainer(model, qwen_tokenizer(), load_student_dataset(Path(tmp) / "d.jsonl"), training,
-                                    spec["sizing"], seed=1, checkpoint_dir=Path(tmp) / "ckpt",
-                                    callbacks=[ProfilerStep(profiler)])
-            trainer.args.save_strategy = "no"
-            trainer.train()
+    with tempfile.TemporaryDirectory() as tmp, profile(
+            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+            schedule=schedule(wait=2, warmup=1, active=args.active)) as profiler:
+        _, trainer = harness_trainer(args.shape, spec["sizing"], harness_training(spec), 3 + args.active, Path(tmp),
+                                     qwen_tokenizer(), [ProfilerStep(profiler)])
+        trainer.train()
     # kernels, not the ops that launch them nor the GPU-side step annotations
     events = [e for e in profiler.key_averages()
               if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep")]

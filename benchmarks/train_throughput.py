@@ -128,28 +128,42 @@ def random_student(shape: str, sizing: dict):
                                                 attn_implementation=attention_implementation(sizing))
 
 
-def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: int, workdir: Path) -> dict:
+def harness_training(spec: dict) -> dict:
+    """The workflow's training settings for a timing run: one epoch, with the configuration's loss
+    and whole-job batch where it sets them."""
     training = {**protocol_training(), "epochs": 1}
     if spec.get("effective_batch"):
         training["effective_batch"] = spec["effective_batch"]
     if "loss" in spec:
         training["loss"] = spec["loss"]
-    sizing = spec["sizing"]
-    n_rows = training["effective_batch"] * (warmup + steps)
-    write_jsonl(workdir / "dataset.jsonl", number_rows(n_rows, seed=1))
+    return training
+
+
+def harness_trainer(shape: str, sizing: dict, training: dict, steps: int, workdir: Path, tokenizer,
+                    callbacks=()) -> tuple[int, object]:
+    """A random-init student of `shape` and the workflow's trainer for `steps` optimizer steps of
+    number rows: (the base model's parameter count, the trainer)."""
+    write_jsonl(workdir / "dataset.jsonl", number_rows(training["effective_batch"] * steps, seed=1))
     set_seed(1)
     model = random_student(shape, sizing)
-    n_params = model.num_parameters()
+    n_params = model.num_parameters()  # before LoRA: the N of MFU
+    trainer = build_trainer(model, tokenizer, load_student_dataset(workdir / "dataset.jsonl"), training, sizing,
+                            seed=1, checkpoint_dir=workdir / "ckpt", callbacks=list(callbacks))
+    trainer.args.save_strategy = "no"  # the harness times steps, not checkpoint writes
+    return n_params, trainer
+
+
+def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: int, workdir: Path) -> dict:
+    training, sizing = harness_training(spec), spec["sizing"]
     clock = StepClock()
-    trainer = build_trainer(model, tokenizer, load_student_dataset(workdir / "dataset.jsonl"), training,
-                            sizing, seed=1, checkpoint_dir=workdir / f"ckpt-{name}", callbacks=[clock])
-    trainer.args.save_strategy = "no"  # the benchmark times steps, not checkpoint writes
+    n_params, trainer = harness_trainer(shape, sizing, training, warmup + steps, workdir, tokenizer, [clock])
     row_tokens = np.array([len(ids) for ids in trainer.train_dataset["input_ids"]])
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
     seconds = clock.times[-1] - clock.times[warmup - 1]
+    to_unix = time.time() - time.perf_counter()
     tokens = row_tokens.mean() * training["effective_batch"] * steps
     tokens_per_s = tokens / seconds
     record = {
@@ -164,14 +178,12 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         "gpu": torch.cuda.get_device_name(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "trl": __import__("trl").__version__, "t_start": clock.times[warmup - 1], "t_end": clock.times[-1],
-        "unix_start": time.time() - (time.perf_counter() - clock.times[warmup - 1]),
+        "unix_start": clock.times[warmup - 1] + to_unix, "unix_end": clock.times[-1] + to_unix,
+        "step_end_unix": [t + to_unix for t in clock.times[warmup - 1:]],  # the timed steps' ends
+        "tokens_per_step": float(row_tokens.mean() * training["effective_batch"]),
         "mps_client": mps_client(),
     }
-    record["unix_end"] = record["unix_start"] + seconds
-    to_unix = record["unix_start"] - clock.times[warmup - 1]
-    record["step_end_unix"] = [t + to_unix for t in clock.times[warmup - 1:]]  # timed steps' ends
-    record["tokens_per_step"] = float(row_tokens.mean() * training["effective_batch"])
-    del trainer, model
+    del trainer
     gc.collect()
     torch.cuda.empty_cache()
     return record
@@ -181,6 +193,8 @@ def mps_client() -> bool:
     """Whether nvidia-smi lists this process as an MPS client (type M+C): what sublim.mps.join arranged."""
     import subprocess
 
+    if "CUDA_MPS_PIPE_DIRECTORY" not in os.environ:  # sublim.mps.join sets it
+        return False
     table = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout
     return any(f" {os.getpid()} " in line and "M+C" in line for line in table.splitlines())
 
