@@ -10,7 +10,6 @@ is spent the job sleeps until the window frees instead of failing hours into a r
 
 from __future__ import annotations
 
-import copy
 import email.utils
 import fcntl
 import hashlib
@@ -27,6 +26,7 @@ from typing import Callable
 from huggingface_hub import CommitOperationAdd, DatasetCardData, HfApi, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+from sublim.config import deep_merge
 from sublim.models import ADAPTER_FILES
 from sublim.secrets import HF_TOKEN, require
 
@@ -65,14 +65,7 @@ DAY_S = 24 * 3600
 
 def settings(config: dict) -> dict:
     """The `publish:` section over the defaults."""
-    merged = copy.deepcopy(DEFAULTS)
-    section = config.get("publish") or {}
-    for key, value in section.items():
-        if key == "names":
-            merged["names"].update(value or {})
-        else:
-            merged[key] = value
-    return merged
+    return deep_merge(DEFAULTS, config.get("publish") or {})
 
 
 def config_problems(section: dict) -> list[str]:

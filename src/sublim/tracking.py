@@ -9,11 +9,11 @@ preference table and the target animal's rate).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
 
+from sublim.config import deep_merge
 from sublim.secrets import WANDB_API_KEY, lookup
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,8 @@ MODES = ("online", "offline", "disabled")
 
 
 def settings(config: dict) -> dict:
-    merged = copy.deepcopy(DEFAULTS)
-    for key, value in (config.get("wandb") or {}).items():
-        if key == "names":
-            merged["names"].update(value or {})
-        else:
-            merged[key] = value
-    return merged
+    """The `wandb:` section over the defaults."""
+    return deep_merge(DEFAULTS, config.get("wandb") or {})
 
 
 def mode(section: dict, environ=None) -> str:
@@ -105,9 +100,9 @@ def log_evaluation(config: dict, table, *, size: str, condition: str, run: int) 
         wb_run.define_metric("eval/epoch")
         wb_run.define_metric("eval/*", step_metric="eval/epoch")
         wb_run.log({"eval/preferences": wandb.Table(dataframe=table.reset_index(drop=True))})
-        for epoch, rate in target_rates(table).items():
-            wb_run.log({"eval/epoch": epoch, "eval/target_rate": rate})
         rates = target_rates(table)
+        for epoch, rate in rates.items():
+            wb_run.log({"eval/epoch": epoch, "eval/target_rate": rate})
         if rates:
             wb_run.summary["eval/final_target_rate"] = rates[max(rates)]
         return _record(wb_run, section)
