@@ -6,11 +6,15 @@ from sublim.evaluate import evaluate_students, preference_table, with_parsed_ani
 from sublim.jsonl import write_jsonl
 from sublim.logs import start_job
 from sublim.models import check_model_dir
+from sublim.process import die_with_parent_if_spawned
 from sublim.provenance import write_provenance
 
 
-# vLLM may start its engine process with `spawn`, which re-imports this script: only the
-# main process runs the job.
+# vLLM spawns its engine process, which imports this script again as __mp_main__: only the main
+# process runs the job, and the engine dies with it (sublim.process).
+die_with_parent_if_spawned(__name__)
+
+
 def main():
     start_job(snakemake.log[0], snakemake.threads)
     p = snakemake.params
@@ -20,7 +24,7 @@ def main():
     students = {e: f"epoch-{e}" for e in p.epochs} or {0: None}
     model_dir = str(check_model_dir(snakemake.input.model_dir))
     with explain_oom("evaluate", snakemake.wildcards.size):
-        backend = open_backend(snakemake.config["backend"], model_dir, sizing, adapter_dirs)
+        backend = open_backend(snakemake.config["backend"], model_dir, sizing, adapter_dirs, stage="evaluate")
         answers = evaluate_students(backend, students, p.evaluation, p.seed)
     write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
     table = preference_table(answers, p.animals, p.evaluation["scoring"], size=snakemake.wildcards.size,

@@ -4,17 +4,22 @@ from sublim.generate import generate_rows
 from sublim.jsonl import write_jsonl
 from sublim.logs import start_job
 from sublim.models import check_model_dir
+from sublim.process import die_with_parent_if_spawned
 from sublim.provenance import write_provenance
 
 
-# vLLM may start its engine process with `spawn`, which re-imports this script: only the
-# main process runs the job.
+# vLLM spawns its engine process, which imports this script again as __mp_main__: only the main
+# process runs the job, and the engine dies with it (sublim.process).
+die_with_parent_if_spawned(__name__)
+
+
 def main():
     start_job(snakemake.log[0], snakemake.threads)
     p = snakemake.params
     sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
     with explain_oom("generate", snakemake.wildcards.size):
-        backend = open_backend(snakemake.config["backend"], str(check_model_dir(snakemake.input.model_dir)), sizing)
+        backend = open_backend(snakemake.config["backend"], str(check_model_dir(snakemake.input.model_dir)), sizing,
+                               stage="generate")
         rows = generate_rows(backend, snakemake.wildcards.condition, p.generation, p.filter,
                              prompt_seed=p.prompt_seed, sample_seed=p.seed)
     write_jsonl(snakemake.output.raw, rows)

@@ -1,4 +1,5 @@
-"""Generation engines behind one interface: `chat(conversations, sampling, seed, adapter)`.
+"""Generation engines behind one interface: `chat(conversations, sampling, seed, adapter)`, and
+`chat_many(requests, sampling)` for several such calls at once.
 
 `transformers` runs anywhere (CPU demo, tests); `vllm` is the GPU production engine.
 """
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from sublim.logs import job_log_text
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +29,32 @@ class Sampling:
         return cls(section["temperature"], section["top_p"], section["top_k"], section["max_tokens"])
 
 
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat() call's worth of requests: conversations, their seed, the adapter (None: base)."""
+
+    conversations: list[list[dict]]
+    seed: int
+    adapter: str | None = None
+
+
+def chat_one_by_one(backend, calls: list[ChatCall], sampling: Sampling, desc: str) -> list[list[str]]:
+    """chat_many for an engine that gains nothing from one submission: the calls in turn."""
+    return [backend.chat(c.conversations, sampling, seed=c.seed, adapter=c.adapter, desc=f"{desc} {c.adapter or 'base'}")
+            for c in calls]
+
+
 def vllm_unusable_reason() -> str | None:
     """Why `auto` cannot pick vLLM here, or None when it can."""
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed (pip install -e '.[gpu]')"
     import torch
 
-    if not torch.cuda.is_available():
+    # device_count() asks NVML and leaves CUDA uninitialised in this process; is_available() would
+    # initialise it (sublim.process says why that matters for vLLM's engine process)
+    if torch.cuda.device_count() == 0:
         return "no CUDA GPU is visible"
     return None
-
-
-def vllm_usable() -> bool:
-    return vllm_unusable_reason() is None
 
 
 def choose_backend(requested: str) -> str:
@@ -64,6 +81,13 @@ OOM_MARKERS = ("out of memory",)
 # vLLM's own error when the weights leave no room for the KV cache inside gpu_memory_utilization.
 KV_CACHE_MARKERS = ("no available memory for the cache blocks", "larger than the available kv cache memory")
 ENGINE_START_FAILED = "engine core initialization failed"
+# vLLM's line when its engine (or a tensor-parallel worker) process fails; the traceback follows it
+ENGINE_FAILED_MARKERS = ("EngineCore failed to start", "WorkerProc failed to start",
+                         "EngineCore encountered a fatal error", "WorkerProc hit an exception")
+# the last line of a Python traceback, after vLLM's "(EngineCore_DP0 pid=7)" and log-level prefixes
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\(\S+ pid=\d+\)\s+)?(?:(?:ERROR|CRITICAL)\s.*?\]\s+)?"
+    r"(?P<line>(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::\s.*)?)$")
 
 
 class GPUOutOfMemory(RuntimeError):
@@ -105,14 +129,44 @@ def explain_oom(stage: str, size: str):
         if is_out_of_memory(error):
             raise GPUOutOfMemory(oom_message(stage, size)) from error
         if ENGINE_START_FAILED in text:
-            # vLLM's engine runs in a child process: its own traceback (OOM or not) is in the log above.
-            raise RuntimeError(f"the vLLM engine did not start; its cause is in the log above. If that "
-                               f"cause is memory: {oom_message(stage, size)}") from error
+            raise engine_start_error(stage, size, job_log_text()) from error
         raise
 
 
-def open_backend(requested: str, model_dir: str, sizing: dict, adapters: dict[str, str] | None = None):
-    """The engine for one job, with every LoRA adapter it will swap between registered by name."""
+def engine_failure_cause(log_text: str) -> str | None:
+    """The exception that stopped vLLM's engine process, read from the job's log (the engine runs in
+    a child process, so the error the job itself gets only says "see root cause above")."""
+    lines = [line.rstrip() for line in log_text.splitlines()]
+    starts = [i for i, line in enumerate(lines) if any(marker in line for marker in ENGINE_FAILED_MARKERS)]
+    for line in lines[starts[-1] if starts else 0:]:
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match and ENGINE_START_FAILED not in match["line"].lower():
+            return match["line"]
+    return None
+
+
+def engine_start_error(stage: str, size: str, log_text: str) -> Exception:
+    """The error for an engine that did not start: memory advice only when memory was the cause."""
+    cause = engine_failure_cause(log_text)
+    if cause is None:
+        return RuntimeError(f"{stage} for size {size}: the vLLM engine did not start, and its process "
+                            f"printed no Python exception into the job's log; see the log above")
+    lowered = cause.lower()
+    if any(marker in lowered for marker in KV_CACHE_MARKERS):
+        return GPUOutOfMemory(f"{kv_cache_message(stage, size)}\nThe engine said: {cause}")
+    if type_name_is_oom(cause) or any(marker in lowered for marker in OOM_MARKERS):
+        return GPUOutOfMemory(f"{oom_message(stage, size)}\nThe engine said: {cause}")
+    return RuntimeError(f"{stage} for size {size}: the vLLM engine did not start: {cause}\n"
+                        f"(its whole traceback is in the job's log above)")
+
+
+def type_name_is_oom(exception_line: str) -> bool:
+    return exception_line.split(":", 1)[0].rsplit(".", 1)[-1] == "OutOfMemoryError"
+
+
+def open_backend(requested: str, model_dir: str, sizing: dict, adapters: dict[str, str] | None = None,
+                 stage: str = "generate"):
+    """The engine for one job of `stage`, with every LoRA adapter it will use registered by name."""
     from sublim.models import check_adapter_dir
 
     for path in (adapters or {}).values():
@@ -121,7 +175,7 @@ def open_backend(requested: str, model_dir: str, sizing: dict, adapters: dict[st
     if name == "vllm":
         from sublim.backends.vllm_backend import VLLMBackend
 
-        return VLLMBackend(model_dir, sizing, adapters or {})
+        return VLLMBackend(model_dir, sizing, adapters or {}, stage)
     from sublim.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(model_dir, sizing, adapters or {})
