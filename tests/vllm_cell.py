@@ -27,13 +27,33 @@ def timed(timings: dict, key: str, action):
     return result
 
 
+def prompt_ids_both_ways(backend, spec: dict) -> dict:
+    """The token ids vLLM's own chat() sends for a few teacher and question conversations, and the
+    ones the backend sends (it renders and tokenises them itself)."""
+    from vllm import SamplingParams
+
+    from sublim.backends.vllm_backend import prompt_token_ids
+    from sublim.chat import question_messages, teacher_messages
+    from sublim.prompts import number_prompts
+    from sublim.protocol import EVAL_QUESTIONS
+
+    conversations = [teacher_messages(p, c) for p in number_prompts(3, seed=spec["prompt_seed"])
+                     for c in ("neutral", spec["condition"])] + [question_messages(q) for q in EVAL_QUESTIONS[:3]]
+    outputs = backend.llm.chat(conversations, SamplingParams(max_tokens=1), use_tqdm=False)
+    return {"vllm_chat": [o.prompt_token_ids for o in outputs],
+            "backend": prompt_token_ids(backend.tokenizer, conversations)}
+
+
 def generate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> None:
     with explain_oom("generate", spec["size"]):
-        backend = timed(timings, "generate_engine_start_s", lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"]))
+        backend = timed(timings, "generate_engine_start_s",
+                        lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"], stage="generate"))
         args = (backend, spec["condition"], spec["generation"], spec["filter"], spec["prompt_seed"], spec["seed"])
         rows = timed(timings, "generate_s", lambda: generate_rows(*args))
         if spec.get("rerun"):  # the same job again in the same engine: must reproduce every sample
             write_jsonl(out / "numbers" / "raw_rerun.jsonl", timed(timings, "generate_rerun_s", lambda: generate_rows(*args)))
+        if backend.name == "vllm":
+            write_json(out / "numbers" / "prompt_ids.json", prompt_ids_both_ways(backend, spec))
     write_jsonl(out / "numbers" / "raw.jsonl", rows)
     write_provenance(out / "numbers" / "raw.provenance.json", stage="generate", backend=backend.name,
                      seed=spec["seed"], prompt_seed=spec["prompt_seed"], n_rows=len(rows))
@@ -45,7 +65,7 @@ def evaluate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> N
     students = {0: None, **{int(name.split("-")[1]): name for name in adapters}}
     with explain_oom("evaluate", spec["size"]):
         backend = timed(timings, "evaluate_engine_start_s",
-                        lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"], adapters))
+                        lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"], adapters, stage="evaluate"))
         answers = timed(timings, "evaluate_s", lambda: evaluate_students(backend, students, spec["evaluation"], spec["seed"]))
     write_jsonl(out / "eval" / "answers.jsonl", with_parsed_animal(answers))
     table = preference_table(answers, spec["animals"], spec["evaluation"]["scoring"], size=spec["size"],

