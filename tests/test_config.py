@@ -78,6 +78,8 @@ def broken(change) -> dict:
     (lambda c: c.update(runs=[0]), "runs[0]"),
     (lambda c: c["protocol"].update(evaluation={"scoring": "regex"}), "protocol.evaluation.scoring"),
     (lambda c: c["protocol"]["training"].update(epoch=3), "protocol.training"),
+    (lambda c: c["protocol"]["training"].update(optimizer="sgd"), "protocol.training.optimizer"),
+    (lambda c: c["protocol"]["training"].update(data_seed="fixed"), "protocol.training.data_seed"),
     (lambda c: c.update(sizing={"7b": {"train_micro_batch": 7}}), "sizing.7b.train_micro_batch"),
 ])
 def test_bad_values_fail_naming_the_key(change, key):
