@@ -31,6 +31,7 @@ def test_full_grid_is_seed_schedule_with_paper_loss_and_scoring():
     assert protocol["training"]["epochs"] == 10 and protocol["training"]["effective_batch"] == 60
     assert protocol["training"]["loss"] == "completion_only"
     assert protocol["evaluation"]["scoring"] == "substring"
+    assert (protocol["evaluation"]["n_questions"], protocol["evaluation"]["samples_per_question"]) == (50, 20)
     assert eval_epochs(protocol) == list(range(1, 11))
     for size in config["sizes"]:
         assert len(config["models"][size]["revision"]) == 40  # a pinned commit, not a branch
