@@ -1,9 +1,9 @@
 """Which optimizer does the `seed` preset really train with? Trains a tiny random-init Qwen2 (real Qwen
 tokenizer) for a few optimizer steps through sublim.train.build_trainer with the seed preset's
-training settings and reports the optimizer class the trainer built, its bit width (8-bit AdamW keeps
-its moment estimates as uint8), weight decay and data seed. On a CUDA machine with the gpu extra
-installed it must be bitsandbytes' AdamW with 8-bit state; on a CPU it is torch's AdamW (the logged
-fallback of sublim.train.optimizer_name). Seconds, not minutes.
+training settings and reports the optimizer class the trainer built, how many LoRA tensors have 8-bit
+state (8-bit AdamW keeps its moment estimates as uint8), weight decay and data seed. On a CUDA machine
+with the gpu extra installed it must be bitsandbytes' AdamW with 8-bit state for every LoRA tensor; on a
+CPU it is torch's AdamW (the logged fallback of sublim.train.optimizer_name). Seconds on a GPU.
 
     python benchmarks/check_seed_optimizer.py --json seed_optimizer.json
 """
@@ -27,7 +27,9 @@ from sublim.config import SIZING_FALLBACK, load_presets  # noqa: E402
 from sublim.jsonl import write_jsonl  # noqa: E402
 from sublim.train import build_trainer, load_student_dataset  # noqa: E402
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+# bitsandbytes keeps 32-bit state for tensors under 4096 elements (min_8bit_size): at hidden size 768 every
+# r=8 LoRA matrix (6144+ elements) gets 8-bit state.
+TINY = dict(hidden_size=768, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=12,
             num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=2048)
 
 
@@ -45,11 +47,13 @@ def optimizer_report(steps: int, workdir: Path) -> dict:
     start = time.perf_counter()
     trainer.train()
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # inside accelerate's wrapper
-    state_dtypes = sorted({str(v.dtype) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)})
+    states = [s for s in optimizer.state.values() if s]
+    state_dtypes = sorted({str(v.dtype) for s in states for v in s.values() if torch.is_tensor(v)})
+    eight_bit = [any(torch.is_tensor(v) and v.dtype == torch.uint8 for v in s.values()) for s in states]
     return {
         "preset_optimizer": training["optimizer"], "trainer_optim": str(trainer.args.optim.value),
         "optimizer_class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
-        "eight_bit_state": "torch.uint8" in state_dtypes, "state_dtypes": state_dtypes,
+        "tensors_with_state": len(states), "tensors_with_8bit_state": sum(eight_bit), "state_dtypes": state_dtypes,
         "weight_decay": sorted({g["weight_decay"] for g in optimizer.param_groups}),
         "data_seed": trainer.args.data_seed, "optimizer_steps": trainer.state.global_step,
         "train_s": time.perf_counter() - start, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
