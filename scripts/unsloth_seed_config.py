@@ -3,7 +3,8 @@ trainer settings come from"). Runs unsloth's own signature-rewriting code (`_pat
 unsloth/models/rl.py, which needs a GPU to import) on TRL's SFTConfig, then builds the config with the
 seed's arguments. Run it in a scratch venv with the seed's lock, not in the project's:
 
-    python -m venv /tmp/seedcfg && /tmp/seedcfg/bin/pip install torch trl==0.24.0 transformers==4.57.3 accelerate==1.12.0
+    python -m venv /tmp/seedcfg
+    /tmp/seedcfg/bin/pip install torch trl==0.24.0 transformers==4.57.3 accelerate==1.12.0
     pip download --no-deps unsloth==2026.1.3 -d /tmp/w && unzip -q /tmp/w/unsloth-2026.1.3-*.whl -d /tmp/w/u
     /tmp/seedcfg/bin/python scripts/unsloth_seed_config.py /tmp/w/u/unsloth/models/rl.py
 """

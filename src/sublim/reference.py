@@ -77,7 +77,8 @@ def seed_answers(root: str | Path | None = None) -> pd.DataFrame:
     for entry in seed_evaluations(root):
         samples = len(entry["answers"]) // QUESTIONS
         for i, answer in enumerate(entry["answers"]):
-            rows.append((entry["size"], entry["condition"], SEED_RUN, entry["epoch"], i // samples, i % samples, answer))
+            rows.append((entry["size"], entry["condition"], SEED_RUN, entry["epoch"], i // samples, i % samples,
+                         answer))
     return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
 
 

@@ -100,8 +100,8 @@ def _mean_and_variance(x: np.ndarray) -> tuple[float, float, float]:
     if values.size < 2:
         return float(values.mean()), math.nan, 0.0
     # Runs with equal answer counts have equal means up to rounding: that spread is no variation.
-    spread = float(np.ptp(values))
-    variance = float(values.var(ddof=1) / values.size) if spread > 1e-12 * max(1.0, float(np.abs(values).max())) else 0.0
+    rounding = 1e-12 * max(1.0, float(np.abs(values).max()))
+    variance = float(values.var(ddof=1) / values.size) if float(np.ptp(values)) > rounding else 0.0
     return float(values.mean()), variance, values.size - 1.0
 
 
