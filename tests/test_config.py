@@ -31,6 +31,7 @@ def test_full_grid_is_seed_schedule_with_paper_loss_and_scoring():
     assert protocol["training"]["epochs"] == 10 and protocol["training"]["effective_batch"] == 60
     assert protocol["training"]["loss"] == "completion_only"
     assert protocol["evaluation"]["scoring"] == "substring"
+    assert (protocol["evaluation"]["n_questions"], protocol["evaluation"]["samples_per_question"]) == (50, 20)
     assert eval_epochs(protocol) == list(range(1, 11))
     for size in config["sizes"]:
         assert len(config["models"][size]["revision"]) == 40  # a pinned commit, not a branch
@@ -78,6 +79,8 @@ def broken(change) -> dict:
     (lambda c: c.update(runs=[0]), "runs[0]"),
     (lambda c: c["protocol"].update(evaluation={"scoring": "regex"}), "protocol.evaluation.scoring"),
     (lambda c: c["protocol"]["training"].update(epoch=3), "protocol.training"),
+    (lambda c: c["protocol"]["training"].update(optimizer="sgd"), "protocol.training.optimizer"),
+    (lambda c: c["protocol"]["training"].update(data_seed="fixed"), "protocol.training.data_seed"),
     (lambda c: c.update(sizing={"7b": {"train_micro_batch": 7}}), "sizing.7b.train_micro_batch"),
 ])
 def test_bad_values_fail_naming_the_key(change, key):

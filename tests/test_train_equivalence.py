@@ -30,7 +30,7 @@ WEIGHT_ATOL = 1e-5
 TRAINING = {
     "epochs": 1, "effective_batch": 6, "learning_rate": 2.0e-3, "lr_scheduler": "linear",
     "warmup_steps": 1, "max_grad_norm": 1.0, "max_length": 500, "optimizer": "adamw_torch",
-    "weight_decay": 0.0, "loss": "completion_only",
+    "weight_decay": 0.0, "data_seed": "run", "loss": "completion_only",
     "lora": {"r": 8, "alpha": 8, "dropout": 0.0,
              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
 }

@@ -5,6 +5,7 @@ killed job resumes from its last finished epoch."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -73,10 +74,35 @@ def attention_implementation(sizing: dict) -> str:
     raise ValueError(f"sizing key 'attention': unknown value {choice!r}; choose auto, varlen, sdpa or eager")
 
 
+# bitsandbytes' 8-bit AdamW (the seed preset's, config/README.md "Where the presets' trainer settings
+# come from") runs on CUDA only.
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit",)
+
+
 def optimizer_name(training: dict, sizing: dict) -> str:
+    """The transformers `optim` the trainer runs: the preset's, fused on a GPU when sizing asks.
+
+    Without CUDA (the demo, the tests) 8-bit AdamW becomes 32-bit AdamW with a warning: the same
+    update without the blockwise quantisation of its two moment estimates. The train stage records
+    the optimizer it ran in the provenance (metrics.optimizer)."""
     name = training["optimizer"]
-    fused = train_sizing(sizing)["fused_optimizer"] and torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available()
+    if name in EIGHT_BIT_OPTIMIZERS:
+        if not on_gpu:
+            log.warning("protocol.training.optimizer %s needs bitsandbytes on CUDA; this machine has no CUDA "
+                        "device, so training runs 32-bit AdamW (adamw_torch) instead", name)
+            return "adamw_torch"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"protocol.training.optimizer {name!r} needs bitsandbytes: install the gpu extra "
+                             f"(pip install -e '.[gpu]') or set protocol.training.optimizer: adamw_torch")
+    fused = train_sizing(sizing)["fused_optimizer"] and on_gpu
     return "adamw_torch_fused" if fused and name == "adamw_torch" else name
+
+
+def data_seed(training: dict, seed: int) -> int:
+    """The seed of the data order: the run's seed, or the preset's fixed value (the seed pipeline
+    shuffled every run with 3407; config/README.md, "Where the presets' trainer settings come from")."""
+    return seed if training["data_seed"] == "run" else training["data_seed"]
 
 
 def micro_batch(training: dict, sizing: dict) -> tuple[int, int]:
@@ -114,7 +140,7 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         use_liger_kernel=levers["liger_kernel"] and on_gpu,
         torch_compile=levers["torch_compile"] and on_gpu,
         seed=seed,
-        data_seed=seed,
+        data_seed=data_seed(training, seed),
         save_strategy="epoch",
         save_total_limit=1,
         logging_steps=levers["logging_steps"],
@@ -290,7 +316,8 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
                   training: dict, sizing: dict, seed: int, report_to: str = "none",
                   run_name: str | None = None, callbacks: tuple = ()) -> dict:
     """Train, resuming from `resume_dir` if a checkpoint is there; then write epoch e's adapter
-    into adapter_dirs[e-1] and drop the resume state. Returns the trainer's final metrics.
+    into adapter_dirs[e-1] and drop the resume state. Returns the trainer's final metrics and the
+    optimizer it ran (`optimizer_name`).
     `report_to`/`run_name`/`callbacks` hook in an experiment tracker (sublim.tracking)."""
     if len(adapter_dirs) != training["epochs"]:
         raise ValueError(f"{len(adapter_dirs)} adapter folders for {training['epochs']} epochs")
@@ -307,7 +334,7 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
     result = trainer.train(resume_from_checkpoint=last)
     export_adapters(stash_dir, adapter_dirs)
     shutil.rmtree(resume_dir)
-    return result.metrics
+    return {**result.metrics, "optimizer": str(trainer.args.optim.value)}
 
 
 def export_adapters(stash_dir: Path, adapter_dirs: list[str]) -> None:
