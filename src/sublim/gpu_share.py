@@ -1,4 +1,5 @@
-"""How jobs share a GPU when Snakemake runs them on one machine (profiles/b200).
+"""How jobs share a GPU when Snakemake runs them on one machine (profiles/b200; per card, with
+sublim.devices picking the card, under profiles/multi-gpu).
 
 A card is GPU_SLOTS slots (the profile caps the `gpu_slots` resource at that). Generate and
 evaluate take whole cards: vLLM reserves most of the card's memory. A train job takes
