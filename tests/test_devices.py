@@ -104,7 +104,7 @@ def test_tensor_parallel_jobs_get_k_distinct_cards(tmp_path):
 def test_a_sigkilled_job_frees_its_card(tmp_path):
     job = start_claimant(tmp_path, ["0"], hold=600)
     assert job.stdout.readline().split() == ["claimed", "0"]
-    assert devices.holders(["0"], tmp_path / "locks") == {"0": 4}
+    assert devices.held_slots(["0"], tmp_path / "locks") == {"0": 4}
     job.send_signal(signal.SIGKILL)  # no handler, no cleanup: only the kernel lets go of the lock
     job.wait(timeout=30)
     claim = devices.claim(["0"], cards=1, lock_dir=tmp_path / "locks", poll_s=0.05)
@@ -118,7 +118,7 @@ def test_small_trainings_pack_on_the_fullest_card_and_whole_card_jobs_wait_for_a
     assert [c.devices for c in packed] == [["0"]] * 4  # card 1 stays whole
     whole = devices.claim(names, cards=1, lock_dir=lock_dir)
     assert whole.devices == ["1"]
-    assert devices.holders(names, lock_dir) == {"0": 4, "1": 4}
+    assert devices.held_slots(names, lock_dir) == {"0": 4, "1": 4}
     whole.release()
     packed[0].release()
     refill = devices.claim(names, cards=1, slots=1, lock_dir=lock_dir)  # card 0 has 1 free slot, card 1 four
@@ -132,13 +132,13 @@ def test_small_trainings_pack_on_the_fullest_card_and_whole_card_jobs_wait_for_a
                                                                               poll_s=0.05)))
     waiter.start()
     time.sleep(0.5)
-    assert waiter.is_alive() and devices.holders(names, lock_dir) == {"0": 4, "1": 2}
+    assert waiter.is_alive() and devices.held_slots(names, lock_dir) == {"0": 4, "1": 2}
     late.release()
     waiter.join(timeout=10)
     assert got["claim"].devices == ["1"] and got["claim"].waited_s >= 0.4
     for claim in [*packed[1:], refill, got["claim"]]:
         claim.release()
-    assert devices.holders(names, lock_dir) == {"0": 0, "1": 0}
+    assert devices.held_slots(names, lock_dir) == {"0": 0, "1": 0}
 
 
 def test_claim_gpus_sets_the_visible_devices_and_is_a_no_op_without_the_allocator(tmp_path, monkeypatch):

@@ -196,7 +196,7 @@ def claim(devices: list[str], cards: int, slots: int = GPU_SLOTS, job: str = "",
         time.sleep(poll_s)
 
 
-def holders(devices: list[str], lock_dir: Path = LOCK_DIR) -> dict[str, int]:
+def held_slots(devices: list[str], lock_dir: Path = LOCK_DIR) -> dict[str, int]:
     """Slots held per card right now (for checks and benchmarks; takes the allocator lock)."""
     with _AllocatorLock(lock_dir):
         return {device: GPU_SLOTS - len(_free_slots(lock_dir, device)) for device in devices}
