@@ -9,9 +9,10 @@ missing or the daemon does not work, the training runs without MPS and its log s
 
 With one card (profiles/b200) there is one daemon, for the machine. Where sublim.devices gave the
 job its card (profiles/multi-gpu) each card has its own daemon, in its own folder, started with
-only that card visible; its clients name the card by UUID, which the MPS server resolves whatever
-it sees (NVIDIA's MPS guide, "CUDA_VISIBLE_DEVICES"), so a client that cannot reach the daemon
-still runs on its own card.
+only that card visible (by UUID). Its clients name the card by UUID too: NVIDIA's MPS guide
+("CUDA_VISIBLE_DEVICES") warns that indices are renumbered by the server and recommends UUIDs, and
+a client that cannot reach the daemon still runs on its own card. The lent H200 checks this
+(benchmarks/multi_gpu_check.py: the packed processes must show as MPS clients, on the right card).
 """
 
 from __future__ import annotations
