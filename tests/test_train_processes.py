@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import REPO
 from sublim import train
 from sublim.config import ConfigError, load_presets, resolve
 from sublim.jsonl import write_jsonl
-from conftest import REPO
 
 TRAINING = {**load_presets()["seed"]["training"], "epochs": 2, "effective_batch": 8, "max_length": 500,
             "loss": "completion_only"}
