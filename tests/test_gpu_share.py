@@ -44,7 +44,8 @@ def test_slots_follow_sizing():
     assert train_gpu_slots({"gpus": 1}, "7b") == 4
     assert train_gpu_slots({"gpus": 1, "gpu_share": 0.25}, "0.5b") == 1
     assert train_gpu_slots({"gpus": 1, "gpu_share": 0.5}, "3b") == 2
-    assert train_gpu_slots({"gpus": 2, "gpu_share": 1.0}, "72b") == 8
+    assert train_gpu_slots({"gpus": 2, "gpu_share": 1.0, "train_processes": 2}, "72b") == 8
+    assert train_gpu_slots({"gpus": 0, "train_processes": 2}, "1m") == 0  # two CPU processes
     assert train_threads({}) == 8 and train_threads({"train_threads": 3}) == 3
 
 
@@ -52,11 +53,23 @@ def test_slots_follow_sizing():
     ({"gpus": 1, "gpu_share": 0.3}, "not a multiple of 1/4"),
     ({"gpus": 1, "gpu_share": 0}, r"not in \(0, 1\]"),
     ({"gpus": 2, "gpu_share": 0.5}, "shares one GPU"),
+    ({"gpus": 1, "gpu_share": 0.5, "train_processes": 2}, "shares one GPU"),
 ])
 def test_bad_gpu_share_names_the_key(sizing, message):
     with pytest.raises(ConfigError, match=message) as error:
         train_gpu_slots(sizing, "1.5b")
     assert "sizing.1.5b.gpu_share" in str(error.value)
+
+
+@pytest.mark.parametrize("sizing, key, message", [
+    ({"gpus": 2}, "train_processes", "set train_processes: 2"),
+    ({"gpus": 2, "train_processes": 4}, "train_processes", "set train_processes: 2"),
+    ({"gpus": 1, "train_processes": 2}, "train_processes", "set them to the same number"),
+])
+def test_a_training_runs_one_process_per_gpu(sizing, key, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        train_gpu_slots(sizing, "72b")
+    assert f"sizing.72b.{key}" in str(error.value)
 
 
 def fake_workflow(tmp_path: Path) -> Path:

@@ -1,10 +1,8 @@
-"""sublim.mps against a stand-in for nvidia-cuda-mps-control that keeps its state in files and
-answers the three commands the module sends (-d, get_server_list, quit) as the real one does."""
+"""sublim.mps against stand-ins for nvidia-cuda-mps-control and nvidia-smi (tests/fake_gpu.py)."""
 
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,42 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from sublim import mps
-
-FAKE_CONTROL = r"""#!/usr/bin/env bash
-# state: $CUDA_MPS_PIPE_DIRECTORY/daemon exists while the daemon "runs"; every start is counted
-state="$CUDA_MPS_PIPE_DIRECTORY/daemon"
-if [ "${1:-}" = "-d" ]; then
-  [ -n "${FAKE_MPS_FAIL_START:-}" ] && { echo "An instance of this daemon is already running" >&2; exit 1; }
-  [ -n "${CUDA_VISIBLE_DEVICES+x}" ] && { echo "started with CUDA_VISIBLE_DEVICES set" >&2; exit 3; }
-  touch "$state"; echo start >> "$CUDA_MPS_PIPE_DIRECTORY/starts"; exit 0
-fi
-read -r command
-[ -e "$state" ] || { echo "Cannot find MPS control daemon process" >&2; exit 1; }
-case "$command" in
-  get_server_list) exit 0 ;;
-  quit) rm -f "$state"; exit 0 ;;
-esac
-"""
-
-
-FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
-echo "${FAKE_COMPUTE_MODE:-Default}"
-"""
-
-
-def install(bin_dir: Path, name: str, text: str) -> None:
-    program = bin_dir / name
-    program.write_text(text)
-    program.chmod(program.stat().st_mode | stat.S_IEXEC)
+from fake_gpu import daemon_starts, install_fakes
+from sublim import devices, mps
 
 
 @pytest.fixture
 def control(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    install(bin_dir, mps.CONTROL, FAKE_CONTROL)
-    install(bin_dir, "nvidia-smi", FAKE_NVIDIA_SMI)
+    bin_dir = install_fakes(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # as Snakemake/SLURM may set it for a job
     forget_mps_env(monkeypatch)
@@ -66,8 +35,7 @@ FAILING_PROBE = [sys.executable, "-c", "raise SystemExit('CUDA error: all CUDA-c
 
 
 def starts(base: Path) -> int:
-    path = base / "pipe" / "starts"
-    return len(path.read_text().split()) if path.exists() else 0
+    return len(daemon_starts(base / "pipe"))
 
 
 def test_only_trainings_that_share_a_card_want_mps():
@@ -83,12 +51,48 @@ def test_four_jobs_start_one_daemon_and_all_join(control, monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         reasons = list(pool.map(lambda _: mps.join(base, probe=OK_PROBE), range(4)))
     assert reasons == [None] * 4
-    assert starts(base) == 1
+    assert daemon_starts(base / "pipe") == ["all"]  # one daemon, for every card of the machine
     assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == str(base / "pipe")
     assert os.environ["CUDA_MPS_LOG_DIRECTORY"] == str(base / "log")
     assert mps.stop_if_started(base)
     assert not mps.daemon_running(mps.client_env(base))
     assert not mps.stop_if_started(base)  # nothing left to stop
+
+
+def test_each_card_gets_a_daemon_of_its_own_that_sees_only_that_card(control, monkeypatch):
+    base = control
+    monkeypatch.setenv("FAKE_GPUS", "0 1 2 3")
+    with ThreadPoolExecutor(4) as pool:
+        reasons = list(pool.map(lambda device: mps.join(base, probe=OK_PROBE, device=device), ["1", "3", "1", "3"]))
+    assert reasons == [None] * 4
+    assert daemon_starts(base / "gpu-1" / "pipe") == ["GPU-fake-1"]
+    assert daemon_starts(base / "gpu-3" / "pipe") == ["GPU-fake-3"]
+    assert not (base / "pipe").exists() and not (base / "gpu-0").exists()
+    # a client names its card by UUID: it stays on that card even if it never reaches the daemon
+    assert os.environ["CUDA_VISIBLE_DEVICES"] in ("GPU-fake-1", "GPU-fake-3")
+    assert mps.stop_if_started(base)
+    for device in ("1", "3"):
+        assert not mps.daemon_running(mps.client_env(base, device))
+    assert not mps.stop_if_started(base)
+
+
+def test_a_training_joins_the_daemon_of_the_card_the_allocator_gave_it(control, monkeypatch, tmp_path, caplog):
+    base = control
+    monkeypatch.setenv("FAKE_GPUS", "0 1")
+    monkeypatch.setattr(devices, "_claim", None)
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # restored after the test: claim_gpus sets it
+    busy = devices.claim(["0", "1"], cards=1, slots=4, lock_dir=tmp_path / "locks")  # card 0 is taken
+    claim = devices.claim_gpus({"local_gpus": {"devices": ["0", "1"]}}, {"gpu": 1, "gpu_slots": 1}, "train",
+                               lock_dir=tmp_path / "locks")
+    assert claim.devices == ["1"] and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    with caplog.at_level("WARNING"):
+        # no CUDA here: the real probe fails under the new daemon, which is then stopped
+        assert not mps.join_if_wanted({"mps": True, "gpu_share": 0.25}, base)
+    assert daemon_starts(base / "gpu-1" / "pipe") == ["GPU-fake-1"]
+    assert not mps.daemon_running(mps.client_env(base, "1"))
+    assert "a CUDA process failed under the new MPS daemon" in caplog.text
+    busy.release()
+    claim.release()
 
 
 def test_a_daemon_someone_else_started_is_joined_but_not_stopped(control):

@@ -27,6 +27,7 @@ SIZING_FALLBACK = {
     "max_num_seqs": 256,
     "max_model_len": 4096,
     "gpus": 0,
+    "train_processes": 1,  # > 1: one training split over that many processes (GPUs), sublim.train
     "mem_mb": 8000,
     "runtime": 60,
 }
@@ -83,10 +84,12 @@ def _cross_check(config: dict) -> list[str]:
             problems.append(f"config key 'conditions[{i}]': '{BASE}' is reserved for the untuned model's evaluation")
     training = config["protocol"]["training"]
     for size in config["sizes"]:
-        micro = sizing_for(config, size)["train_micro_batch"]
-        if micro is not None and training["effective_batch"] % micro:
+        sizing = sizing_for(config, size)
+        micro, processes = sizing["train_micro_batch"], sizing["train_processes"]
+        if micro is not None and training["effective_batch"] % (micro * processes):
+            times = f" x train_processes {processes}" if processes > 1 else ""
             problems.append(
-                f"config key 'sizing.{size}.train_micro_batch': {micro} does not divide "
+                f"config key 'sizing.{size}.train_micro_batch': {micro}{times} does not divide "
                 f"protocol.training.effective_batch {training['effective_batch']}"
             )
     generation = config["protocol"]["generation"]

@@ -1,4 +1,5 @@
-"""How jobs share a GPU when Snakemake runs them on one machine (profiles/b200).
+"""How jobs share a GPU when Snakemake runs them on one machine (profiles/b200; per card, with
+sublim.devices picking the card, under profiles/multi-gpu).
 
 A card is GPU_SLOTS slots (the profile caps the `gpu_slots` resource at that). Generate and
 evaluate take whole cards: vLLM reserves most of the card's memory. A train job takes
@@ -10,7 +11,7 @@ four trainings side by side, under MPS (sublim.mps), get 1.6-3x one training's t
 
 from __future__ import annotations
 
-from sublim.config import ConfigError
+from sublim.config import SIZING_FALLBACK, ConfigError
 
 GPU_SLOTS = 4
 DEFAULT_TRAIN_THREADS = 8
@@ -21,17 +22,30 @@ def whole_gpu_slots(sizing: dict) -> int:
     return GPU_SLOTS * int(sizing["gpus"])
 
 
+def train_processes(sizing: dict) -> int:
+    """Processes of one training: 1, or one per GPU of the job (sublim.train splits it with FSDP)."""
+    return int(sizing.get("train_processes", SIZING_FALLBACK["train_processes"]))
+
+
 def train_gpu_slots(sizing: dict, size: str) -> int:
-    """Slots of one training: a share of one card, or whole cards."""
-    share = sizing.get("gpu_share", 1.0)
+    """Slots of one training: a share of one card, or whole cards (one per training process)."""
+    share, gpus, processes = sizing.get("gpu_share", 1.0), int(sizing["gpus"]), train_processes(sizing)
     if not 0 < share <= 1:
         raise ConfigError(f"config key 'sizing.{size}.gpu_share': {share} is not in (0, 1]; "
                           f"it is the fraction of one GPU a training job takes (1 = the whole card)")
+    if share < 1 and (gpus != 1 or processes != 1):
+        raise ConfigError(f"config key 'sizing.{size}.gpu_share': {share} shares one GPU, but "
+                          f"sizing.{size}.gpus is {gpus} (train_processes {processes}); "
+                          f"set gpus: 1 and train_processes: 1, or gpu_share: 1")
+    if gpus > 1 and processes != gpus:
+        raise ConfigError(f"config key 'sizing.{size}.train_processes': {processes}, but sizing.{size}.gpus is "
+                          f"{gpus}: a training runs one process per GPU; set train_processes: {gpus} (the "
+                          f"model is then sharded over the GPUs with FSDP)")
+    if processes > 1 and gpus not in (0, processes):
+        raise ConfigError(f"config key 'sizing.{size}.train_processes': {processes} training processes, one "
+                          f"per GPU, but sizing.{size}.gpus is {gpus}; set them to the same number")
     if share == 1:
         return whole_gpu_slots(sizing)
-    if int(sizing["gpus"]) != 1:
-        raise ConfigError(f"config key 'sizing.{size}.gpu_share': {share} shares one GPU, but "
-                          f"sizing.{size}.gpus is {sizing['gpus']}; set gpus: 1 or gpu_share: 1")
     slots = round(share * GPU_SLOTS)
     if slots < 1 or abs(slots - share * GPU_SLOTS) > 1e-9:
         raise ConfigError(f"config key 'sizing.{size}.gpu_share': {share} is not a multiple of "

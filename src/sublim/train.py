@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from trl import SFTConfig, SFTTrainer
 
 from sublim import attention
 from sublim.chat import student_example
+from sublim.gpu_share import train_processes
 from sublim.jsonl import read_jsonl, write_json
+from sublim.launch import run_processes
 from sublim.models import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
@@ -106,12 +109,33 @@ def data_seed(training: dict, seed: int) -> int:
 
 
 def micro_batch(training: dict, sizing: dict) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) giving the preset's effective batch exactly."""
-    effective = training["effective_batch"]
-    micro = min(train_sizing(sizing)["train_micro_batch"] or effective, effective)
-    if effective % micro:
-        raise ValueError(f"train_micro_batch {micro} does not divide effective_batch {effective}")
-    return micro, effective // micro
+    """(per-process batch, accumulation steps) giving the preset's effective batch exactly:
+    micro-batch x accumulation x training processes."""
+    effective, processes = training["effective_batch"], train_processes(sizing)
+    micro = min(train_sizing(sizing)["train_micro_batch"] or effective // processes, effective // processes)
+    if micro < 1 or effective % (micro * processes):
+        times = f" x {processes} training processes" if processes > 1 else ""
+        raise ValueError(f"train_micro_batch {micro}{times} does not divide effective_batch {effective}")
+    return micro, effective // (micro * processes)
+
+
+def fsdp_arguments(sizing: dict) -> dict:
+    """SFTConfig arguments of a training over several GPUs (`train_processes`): FSDP2 shards the
+    frozen weights over the processes (72b: ~73 GB per card instead of 145 GB), each process runs
+    its own rows of every batch and gathers each layer's weights just before using it. Rank 0
+    alone reads the checkpoint, the others receive their shards; checkpoints hold the full (LoRA)
+    state, so the adapter files of every epoch come out as with one process. Activation
+    checkpointing, where asked for, is FSDP's own. On CPU (tests) the processes run as plain
+    data parallel over gloo: accelerate shards only on accelerators."""
+    if train_processes(sizing) == 1 or not torch.cuda.is_available():
+        return {}
+    return {"fsdp": True, "fsdp_config": {
+        "version": 2,
+        "cpu_ram_efficient_loading": True,
+        "state_dict_type": "FULL_STATE_DICT",
+        "reshard_after_forward": True,
+        "activation_checkpointing": train_sizing(sizing)["gradient_checkpointing"],
+    }}
 
 
 def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
@@ -136,7 +160,7 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         completion_only_loss=training["loss"] == "completion_only",
         packing=False,
         bf16=on_gpu,  # TRL defaults to bf16, 25x slower on a CPU
-        gradient_checkpointing=levers["gradient_checkpointing"],
+        gradient_checkpointing=levers["gradient_checkpointing"] and not fsdp_arguments(sizing),
         use_liger_kernel=levers["liger_kernel"] and on_gpu,
         torch_compile=levers["torch_compile"] and on_gpu,
         seed=seed,
@@ -152,6 +176,7 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         dataloader_num_workers=0,
         # its NaN check reads the loss back every micro-step; it only changes what a NaN step logs
         logging_nan_inf_filter=not levers["lazy_metrics"],
+        **fsdp_arguments(sizing),
     )
 
 
@@ -266,6 +291,15 @@ class StashEpochAdapters(TrainerCallback):
         log.info("epoch %d adapter saved", epoch)
 
 
+class StashOnMainProcess(StashEpochAdapters):
+    """StashEpochAdapters for a training over several processes: the first process wrote the
+    checkpoint, and it alone copies the adapter out of it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            super().on_save(args, state, control, **kwargs)
+
+
 def resume_fingerprint(model_dir: str, dataset_path: str, training: dict, seed: int) -> dict:
     """What a checkpoint must have been trained on to be resumed: the same model folder, dataset
     bytes, protocol and seed. Hardware sizing is left out: resuming on another GPU is fine."""
@@ -319,6 +353,9 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
     into adapter_dirs[e-1] and drop the resume state. Returns the trainer's final metrics and the
     optimizer it ran (`optimizer_name`).
     `report_to`/`run_name`/`callbacks` hook in an experiment tracker (sublim.tracking)."""
+    if train_processes(sizing) > 1:
+        return train_student_in_processes(model_dir, dataset_path, adapter_dirs, resume_dir, training, sizing,
+                                          seed, report_to)
     if len(adapter_dirs) != training["epochs"]:
         raise ValueError(f"{len(adapter_dirs)} adapter folders for {training['epochs']} epochs")
     resume_dir = Path(resume_dir)
@@ -345,3 +382,62 @@ def export_adapters(stash_dir: Path, adapter_dirs: list[str]) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for name in ADAPTER_FILES:
             shutil.copy2(source / name, Path(out_dir) / name)
+
+
+def train_student_in_processes(model_dir: str, dataset_path: str, adapter_dirs: list[str], resume_dir: str,
+                               training: dict, sizing: dict, seed: int, report_to: str = "none") -> dict:
+    """train_student for `train_processes` > 1: one process per GPU of the job, each training on its
+    rows of every batch (sizing.<size>.train_micro_batch each; fsdp_arguments). This process keeps
+    the job's files (resume state, adapters) and starts the training processes; the first of them
+    saves the checkpoints. With wandb, the training's logged metrics reach the job's run when the
+    training ends (transformers' own WandbCallback would open a run of its own in that process)."""
+    if len(adapter_dirs) != training["epochs"]:
+        raise ValueError(f"{len(adapter_dirs)} adapter folders for {training['epochs']} epochs")
+    load_student_dataset(dataset_path)  # an empty dataset fails here, with its message
+    resume_dir = Path(resume_dir)
+    checkpoint_dir, stash_dir = resume_dir / "checkpoints", resume_dir / "adapters"
+    last = resume_checkpoint(resume_dir, resume_fingerprint(model_dir, dataset_path, training, seed))
+    processes = train_processes(sizing)
+    threads = max(1, torch.get_num_threads() // processes)
+    log.info("training in %d processes, %d CPU threads each", processes, threads)
+    metrics, history = run_processes(processes, "sublim.train:train_process", {
+        "model_dir": model_dir, "dataset_path": dataset_path, "checkpoint_dir": str(checkpoint_dir),
+        "stash_dir": str(stash_dir), "last": last, "training": training, "sizing": sizing, "seed": seed,
+        "threads": threads}, resume_dir / "launch")
+    if report_to == "wandb":
+        log_history_to_wandb(history)
+    export_adapters(stash_dir, adapter_dirs)
+    shutil.rmtree(resume_dir)
+    return metrics
+
+
+def train_process(model_dir: str, dataset_path: str, checkpoint_dir: str, stash_dir: str, last: str | None,
+                  training: dict, sizing: dict, seed: int, threads: int) -> tuple[dict, list[dict]]:
+    """One of the training processes (sublim.launch starts it and sets its rank). Returns its final
+    metrics and logged history."""
+    rank = int(os.environ["RANK"])
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        os.environ["ACCELERATE_USE_FSDP"] = "true"  # so that from_pretrained reads the weights on rank 0 only
+    dataset = load_student_dataset(dataset_path)
+    # the process group must exist before the model loads, for rank 0's weights to be the ones shared
+    sft_config(training, sizing, seed, Path(checkpoint_dir)).device  # noqa: B018
+    set_seed(seed)  # before the LoRA weights are drawn, as in train_student
+    model = load_student(model_dir, sizing)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trainer = build_trainer(model, tokenizer, dataset, training, sizing, seed, Path(checkpoint_dir),
+                            [StashOnMainProcess(Path(stash_dir))])
+    result = trainer.train(resume_from_checkpoint=last)
+    return result.metrics, trainer.state.log_history
+
+
+def log_history_to_wandb(history: list[dict]) -> None:
+    """The trainer's logged entries into the job's wandb run, as transformers' WandbCallback names them."""
+    import wandb
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    for entry in history:
+        step = entry.get("step")
+        wandb.log({**rewrite_logs({k: v for k, v in entry.items() if k != "step"}), "train/global_step": step})

@@ -10,13 +10,20 @@ from sublim.config import (
     seed_for,
     sizing_for,
 )
+from sublim.devices import local_gpu_slots
 from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
 from sublim.mps import stop_if_started as stop_mps_if_started
 
 try:
     config.update(resolve(config, Path(workflow.basedir) / "config" / "schema.yaml"))
+    # profiles/multi-gpu: Snakemake's gpu_slots budget is 4 per card of the machine
+    GPU_SLOT_BUDGET = local_gpu_slots(
+        config, workflow.global_resources.get("gpu_slots")
+    )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+if GPU_SLOT_BUDGET is not None:
+    workflow.register_resource("gpu_slots", GPU_SLOT_BUDGET)
 
 PROTOCOL = config["protocol"]
 EPOCHS = list(range(1, PROTOCOL["training"]["epochs"] + 1))

@@ -2,6 +2,7 @@ from sublim.config import sizing_for
 from sublim.backends import explain_oom, open_backend
 from sublim.generate import generate_rows
 from sublim.jsonl import write_jsonl
+from sublim.devices import claim_gpus
 from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.process import die_with_parent_if_spawned
@@ -15,6 +16,7 @@ die_with_parent_if_spawned(__name__)
 
 def main():
     start_job(snakemake.log[0], snakemake.threads)
+    claim_gpus(snakemake.config, snakemake.resources, snakemake.log[0])
     p = snakemake.params
     sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
     with explain_oom("generate", snakemake.wildcards.size):

@@ -1,8 +1,10 @@
 from sublim.config import sizing_for
+from sublim.devices import claim_gpus
 from sublim.logs import start_job
 from sublim.mps import join_if_wanted as join_mps_if_wanted
 
 start_job(snakemake.log[0], snakemake.threads)
+claim_gpus(snakemake.config, snakemake.resources, snakemake.log[0])
 sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
 under_mps = join_mps_if_wanted(sizing)  # before any import that may start CUDA
 
