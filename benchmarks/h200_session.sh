@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One measurement session on a lent H200, after ../shared/gpu-staging brought the stack to /tmp/site:
+# the real workflow through profiles/b200 (with one SIGKILL of a generate, an evaluate and a train
+# job, which restart-times reruns), the H200 checks of the seed optimizer and of profiles/multi-gpu,
+# then vllm_shapes.py with whatever is left of the budget. Everything lands in OUTDIR; start it with
+# setsid nohup so that later device calls can follow it.
+#   setsid nohup bash benchmarks/h200_session.sh /tmp/session 1250 > /tmp/session.log 2>&1 &
+set -u
+OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
+BUDGET=${2:-1250}
+START=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+mkdir -p "$OUT"
+note() { echo "$(($(date +%s) - START)) s: $*" >> "$OUT/status.txt"; }
+
+note "start"
+# locks/cuda.txt's versions of the libraries the image has older copies of (/tmp/stage/lock, installed
+# apart): used when a tiny engine starts with them, else the image's, and status.txt says which
+export PYTHONPATH=/tmp/site:$PWD/src
+if ls /tmp/stage/lock/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site-lock /tmp/stage/lock/*.whl
+  export PYTHONPATH=/tmp/site-lock:/tmp/site:$PWD/src
+  if timeout 240 python3 benchmarks/vllm_shapes.py --out "$OUT/smoke" --plan gen:tiny:eager --prompts 64 --gen-tokens 8 \
+      > "$OUT/smoke.log" 2>&1 && ! grep -q '"error"' "$OUT/smoke/vllm_shapes.json"; then
+    note "locks/cuda.txt versions in use"
+  else
+    export PYTHONPATH=/tmp/site:$PWD/src
+    note "locks/cuda.txt versions FAILED the smoke engine (smoke.log); the image's versions in use"
+  fi
+fi
+{ nvidia-smi; echo "PYTHONPATH=$PYTHONPATH"; python3 -m pip list 2>/dev/null; python3 -c "import vllm, torch, trl, snakemake, transformers, peft, numpy, bitsandbytes as b; print(vllm.__version__, torch.__version__, trl.__version__, snakemake.__version__, transformers.__version__, peft.__version__, numpy.__version__, b.__version__)"; } > "$OUT/env.txt" 2>&1
+
+python3 benchmarks/kill_jobs.py --watch --json "$OUT/kills.json" --timeout-s 700 > "$OUT/kills.log" 2>&1 &
+killer=$!
+timeout 720 snakemake --profile profiles/b200 \
+    --configfile config/config.yaml profiles/b200/sizing.yaml benchmarks/configs/smol-gpu.yaml > "$OUT/workflow.log" 2>&1
+note "workflow rc=$?"
+kill $killer 2>/dev/null
+python3 benchmarks/kill_jobs.py --report --json "$OUT/kills.json" >> "$OUT/kills.log" 2>&1
+python3 benchmarks/workflow_records.py --json "$OUT/h200_workflow_vllm.json" --kills "$OUT/kills.json" > /dev/null 2>> "$OUT/status.txt"
+note "records written"
+
+timeout 150 python3 benchmarks/check_seed_optimizer.py --json "$OUT/seed_optimizer_h200.json" > "$OUT/checks.log" 2>&1
+note "seed optimizer rc=$?"
+timeout 150 python3 benchmarks/multi_gpu_check.py --json "$OUT/multi_gpu_check_h200.json" >> "$OUT/checks.log" 2>&1
+note "multi-gpu check rc=$?"
+
+timeout "$(left)" python3 benchmarks/vllm_shapes.py --out "$OUT/shapes" --budget-s "$(($(left) - 170))" \
+    --raw results/numbers/135m/owl/run-1/raw.jsonl > "$OUT/shapes.log" 2>&1
+note "shapes rc=$?"
+tar czf "$OUT/artifacts.tgz" --exclude='*.safetensors' --exclude='models' logs benchmarks/runs results .snakemake/log \
+    "$OUT"/*.log "$OUT"/*.txt "$OUT"/smoke 2>/dev/null
+note "done"
+touch "$OUT/done"
