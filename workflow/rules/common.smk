@@ -1,5 +1,7 @@
 from snakemake.exceptions import WorkflowError
 
+from sublim import publish, tracking
+from sublim import secrets as credentials
 from sublim.config import (
     BASE,
     ConfigError,
@@ -9,8 +11,6 @@ from sublim.config import (
     seed_for,
     sizing_for,
 )
-from sublim import publish, tracking
-from sublim import secrets as credentials
 from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
 from sublim.mps import stop_if_started as stop_mps_if_started
 
