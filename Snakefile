@@ -1,5 +1,5 @@
 # sublim: the subliminal-learning scaling-law experiment, end to end.
-# model → generate → filter → train → evaluate → report. See README.md.
+# model → generate → filter → train → evaluate → score → report. See README.md.
 
 
 configfile: "config/config.yaml"
@@ -11,6 +11,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/filter.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/publish.smk"

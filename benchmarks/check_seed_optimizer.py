@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, set_seed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import number_rows, qwen_tokenizer  # noqa: E402
 
-from sublim.config import SIZING_FALLBACK, load_presets  # noqa: E402
+from sublim.config import load_presets, sizing_defaults  # noqa: E402
 from sublim.jsonl import write_jsonl  # noqa: E402
 from sublim.train import build_trainer, load_student_dataset  # noqa: E402
 
@@ -42,7 +42,7 @@ def optimizer_report(steps: int, workdir: Path) -> dict:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(Qwen2Config(**TINY), dtype=dtype)
     trainer = build_trainer(model, qwen_tokenizer(), load_student_dataset(workdir / "dataset.jsonl"), training,
-                            dict(SIZING_FALLBACK), seed=1, checkpoint_dir=workdir / "ckpt")
+                            sizing_defaults(), seed=1, checkpoint_dir=workdir / "ckpt")
     trainer.args.save_strategy = "no"
     start = time.perf_counter()
     trainer.train()

@@ -30,10 +30,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sublim.backends import open_backend  # noqa: E402
 from sublim.config import sizing_for  # noqa: E402
-from sublim.evaluate import evaluate_students, preference_table  # noqa: E402
+from sublim.evaluate import evaluate_students  # noqa: E402
 from sublim.filtering import filter_rows  # noqa: E402
 from sublim.generate import generate_rows  # noqa: E402
 from sublim.jsonl import write_jsonl  # noqa: E402
+from sublim.scoring import preference_table  # noqa: E402
 from sublim.train import train_student  # noqa: E402
 from train_throughput import SHAPES, number_rows, qwen_tokenizer  # noqa: E402
 

@@ -10,8 +10,6 @@ import yaml
 from sublim.config import ConfigError, eval_epochs, resolve, seed_for, sizing_for
 from conftest import REPO
 
-SCHEMA = REPO / "config" / "schema.yaml"
-
 
 def load(name: str) -> dict:
     return yaml.safe_load((REPO / "config" / name).read_text())
@@ -19,11 +17,11 @@ def load(name: str) -> dict:
 
 def test_both_shipped_configs_resolve():
     for name in ("config.yaml", "demo.yaml"):
-        resolve(load(name), SCHEMA)
+        resolve(load(name))
 
 
 def test_full_grid_is_seed_schedule_with_paper_loss_and_scoring():
-    config = resolve(load("config.yaml"), SCHEMA)
+    config = resolve(load("config.yaml"))
     assert config["sizes"] == ["0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b"]
     assert len(config["conditions"]) == 16 and config["conditions"][0] == "neutral"
     assert config["runs"] == [1, 2, 3]
@@ -46,7 +44,7 @@ def test_full_grid_is_seed_schedule_with_paper_loss_and_scoring():
 def test_presets_reproduce_each_recipe_by_name(preset, expected):
     config = load("config.yaml")
     config["preset"], config["protocol"] = preset, {}
-    protocol = resolve(config, SCHEMA)["protocol"]
+    protocol = resolve(config)["protocol"]
     training, evaluation = protocol["training"], protocol["evaluation"]
     assert training["epochs"] == expected["epochs"]
     assert training["effective_batch"] == expected["effective_batch"]
@@ -85,7 +83,7 @@ def broken(change) -> dict:
 ])
 def test_bad_values_fail_naming_the_key(change, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'".replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
-        resolve(broken(change), SCHEMA)
+        resolve(broken(change))
 
 
 def test_sizing_layers_fallback_default_and_size():
@@ -94,6 +92,29 @@ def test_sizing_layers_fallback_default_and_size():
     assert sizing_for(config, "7b")["gpus"] == 1
     assert sizing_for(config, "7b")["mem_mb"] == 100
     assert sizing_for(config, "7b")["dtype"] == "auto"
+
+
+def test_every_default_is_written_once_in_the_schema_and_is_valid():
+    from sublim import publish, tracking
+    from sublim.config import sizing_defaults
+
+    config = load("config.yaml")
+    config.update(sizing={"default": sizing_defaults()}, publish=publish.settings({}), wandb=tracking.settings({}))
+    resolve(config)  # the defaults pass their own schema
+    assert sizing_for({}, "7b") == sizing_defaults()
+    assert publish.settings({"publish": {"enabled": True}})["daily_repo_budget"] == 300
+    assert tracking.settings({})["names"]["eval"] == "{size}-{condition}-run-{run}-eval"
+
+
+def test_fallbacks_still_written_in_the_consumers_agree_with_the_schema():
+    """train.py and gpu_share.py keep fallbacks of their own (to be dropped: sizing_for fills every
+    key); until then they must say what the schema says."""
+    from sublim.gpu_share import DEFAULT_TRAIN_THREADS
+    from sublim.train import TRAIN_SIZING_DEFAULTS
+
+    defaults = sizing_for({}, "7b")
+    assert {key: defaults[key] for key in TRAIN_SIZING_DEFAULTS} == TRAIN_SIZING_DEFAULTS
+    assert defaults["train_threads"] == DEFAULT_TRAIN_THREADS and defaults["gpu_share"] == 1.0
 
 
 def test_seed_follows_the_run_or_a_fixed_value():

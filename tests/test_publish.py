@@ -174,7 +174,7 @@ def write_flags(tmp_path, kind, repos):
 
 def test_collections_are_created_once_and_only_missing_items_added(hub_server, tmp_path):
     hub, _ = make_hub(hub_server, tmp_path)
-    titles = {kind: publish.DEFAULTS["names"][kind].format(run=1) for kind in ("dataset_collection", "model_collection")}
+    titles = {kind: publish.settings({})["names"][kind].format(run=1) for kind in ("dataset_collection", "model_collection")}
     datasets = write_flags(tmp_path, "d", [f"{OWNER}/numbers-a", f"{OWNER}/numbers-b"])
     adapters = write_flags(tmp_path, "a", [f"{OWNER}/student-a"])
 

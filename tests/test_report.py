@@ -9,25 +9,23 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from sublim.evaluate import preference_table, with_parsed_animal
 from sublim.jsonl import write_jsonl
+from sublim.plots import build_plots
 from sublim.report import (
     ANSWER_COLUMNS,
-    PREFERENCE_COLUMNS,
     QUESTION_COLUMNS,
     SCALING_COLUMNS,
     SURVEY_COLUMNS,
     TRANSMISSION_COLUMNS,
-    Scorer,
-    build_report,
+    Cell,
     build_tables,
-    cell_of,
     check_counts,
     preferences,
     question_rates,
     read_answers,
     tidy_answers,
 )
+from sublim.scoring import EVAL_COLUMNS, Scorer, preference_table, with_parsed_animal
 
 ANIMALS = ["owl", "cat", "dragon"]
 OTHERS = ["dog", "panda", "lion"]
@@ -60,8 +58,8 @@ def sample_answers(chances: dict[str, float], epoch: int, rng: np.random.Generat
 
 
 def write_cell(root: Path, size: str, condition: str, run: int, epochs: list[int], conditions: list[str],
-               effect: float, rng: np.random.Generator, scoring: str = "substring") -> Path:
-    """answers.jsonl and eval.csv of one cell, eval.csv made by the evaluate stage's own code."""
+               effect: float, rng: np.random.Generator, scoring: str = "substring") -> Cell:
+    """answers.jsonl and eval.csv of one cell, eval.csv made by the score stage's own code."""
     folder = root / size / "base" if condition == "base" else root / size / condition / f"run-{run}"
     shift = rng.normal(0, 0.02)
     answers = []
@@ -71,11 +69,11 @@ def write_cell(root: Path, size: str, condition: str, run: int, epochs: list[int
     animals = [c for c in conditions if c != "neutral"]
     preference_table(answers, animals, scoring, size=size, condition=condition, run=run).to_csv(
         folder / "eval.csv", index=False)
-    return folder / "eval.csv"
+    return Cell(size, condition, run, table=folder / "eval.csv", answers=folder / "answers.jsonl")
 
 
 def write_grid(root: Path, sizes: list[str], conditions: list[str], runs: list[int], *, effect: float,
-               epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> list[Path]:
+               epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> list[Cell]:
     rng = np.random.default_rng(seed)
     tables = []
     for size in sizes:
@@ -99,34 +97,37 @@ def outputs_in(folder: Path, sizes: list[str]) -> dict:
 
 def run_report(tmp_path: Path, sizes, conditions, runs, effect: float, seed: int = 0, plots: bool = True) -> dict:
     """The report rule's work on a synthetic grid; without plots (slow) when a test reads only tables."""
-    tables = write_grid(tmp_path / "eval", sizes, conditions, runs, effect=effect, seed=seed)
+    cells = write_grid(tmp_path / "eval", sizes, conditions, runs, effect=effect, seed=seed)
     outputs = outputs_in(tmp_path / "out", sizes)
     for path in outputs.values():
         for p in [path] if isinstance(path, str) else path:
             Path(p).parent.mkdir(parents=True, exist_ok=True)
-    build = build_report if plots else build_tables
-    build(tables, outputs, sizes=sizes, conditions=conditions, params_b={s: PARAMS_B[s] for s in sizes},
-          scoring="substring")
+    tables = build_tables(cells, outputs, sizes=sizes, conditions=conditions,
+                          params_b={s: PARAMS_B[s] for s in sizes}, scoring="substring")
+    if plots:
+        build_plots(tables, outputs, sizes=sizes, conditions=conditions)
     return outputs
 
 
 # --- reading and tidy tables --------------------------------------------------------------------
 
-def test_cell_of_reads_size_condition_and_run_from_the_path():
-    assert cell_of("results/eval/14b/eagle/run-2/eval.csv").key == ("14b", "eagle", 2)
-    assert cell_of("results/eval/0.5b/base/eval.csv").key == ("0.5b", "base", 0)
-    with pytest.raises(ValueError, match="not an evaluate-stage table"):
-        cell_of("results/eval/14b/eagle/eval.csv")
+def test_a_cell_is_who_the_rule_says_it_is_wherever_its_files_are(tmp_path):
+    rng = np.random.default_rng(0)
+    cell = write_cell(tmp_path / "anywhere", "14b", "eagle", 2, [1], ["neutral", "eagle"], 0.3, rng)
+    moved = Cell("14b", "eagle", 2, table=cell.table, answers=cell.answers)
+    assert moved.key == ("14b", "eagle", 2)
+    assert set(map(tuple, preferences([moved])[["size", "condition", "run"]].to_numpy())) == {("14b", "eagle", 2)}
+    assert set(read_answers(moved)["condition"]) == {"eagle"}
 
 
 def test_tidy_tables_have_one_row_per_observation(tmp_path):
     conditions = ["neutral", "owl", "cat"]
-    tables = write_grid(tmp_path, ["0.5b"], conditions, [1, 2], effect=0.3)
-    prefs = preferences(tables)
-    assert list(prefs.columns) == PREFERENCE_COLUMNS
+    cells = write_grid(tmp_path, ["0.5b"], conditions, [1, 2], effect=0.3)
+    prefs = preferences(cells)
+    assert list(prefs.columns) == EVAL_COLUMNS
     # 3 conditions × 2 runs × 2 epochs + base, × 2 scored animals
     assert len(prefs) == (3 * 2 * 2 + 1) * 2
-    rates, base_words = tidy_answers(tables, ["owl", "cat"], "substring", tmp_path / "answers.csv")
+    rates, base_words = tidy_answers(cells, ["owl", "cat"], "substring", tmp_path / "answers.csv")
     answers = pd.read_csv(tmp_path / "answers.csv")
     assert list(answers.columns) == ANSWER_COLUMNS
     assert len(answers) == (3 * 2 * 2 + 1) * QUESTIONS * SAMPLES
@@ -134,25 +135,25 @@ def test_tidy_tables_have_one_row_per_observation(tmp_path):
     assert list(rates.columns) == QUESTION_COLUMNS
     assert len(rates) == (3 * 2 * 2 + 1) * QUESTIONS * 2
     assert len(base_words) == QUESTIONS * SAMPLES
-    check_counts(prefs, rates)  # the re-scored answers agree with eval.csv
+    check_counts(prefs, rates, cells)  # the re-scored answers agree with eval.csv
 
 
 def test_stale_eval_table_is_named(tmp_path):
-    tables = write_grid(tmp_path, ["0.5b"], ["neutral", "owl"], [1], effect=0.3)
-    stale = pd.read_csv(tables[1])
+    cells = write_grid(tmp_path / "results" / "eval", ["0.5b"], ["neutral", "owl"], [1], effect=0.3)
+    stale = pd.read_csv(cells[1].table)
     stale.loc[0, "count"] += 1
-    stale.to_csv(tables[1], index=False)
-    rates, _ = tidy_answers(tables, ["owl"], "substring", tmp_path / "answers.csv")
+    stale.to_csv(cells[1].table, index=False)
+    rates, _ = tidy_answers(cells, ["owl"], "substring", tmp_path / "answers.csv")
     with pytest.raises(ValueError, match=r"results/eval/0.5b/owl/run-1: eval.csv and answers.jsonl disagree"):
-        check_counts(preferences(tables), rates)
+        check_counts(preferences(cells), rates, cells)
 
 
 def test_eval_table_without_needed_columns_is_named(tmp_path):
     path = tmp_path / "0.5b" / "owl" / "run-1" / "eval.csv"
     path.parent.mkdir(parents=True)
     pd.DataFrame({"animal": ["owl"], "count": [1]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"eval.csv: missing columns .*rerun the evaluate rule"):
-        preferences([path])
+    with pytest.raises(ValueError, match=r"eval.csv: missing columns .*rerun the score rule"):
+        preferences([Cell("0.5b", "owl", 1, table=path, answers=path.with_name("answers.jsonl"))])
 
 
 @pytest.mark.parametrize(
@@ -176,7 +177,8 @@ def test_both_scoring_methods_count_as_the_protocol_says(tmp_path, method, expec
 def test_answers_without_parsed_animal_get_it(tmp_path):
     folder = tmp_path / "0.5b" / "base"
     write_jsonl(folder / "answers.jsonl", [{"epoch": 0, "question_index": 0, "sample": 0, "answer": "The Owl."}])
-    assert read_answers(folder / "eval.csv")["parsed_animal"].tolist() == ["owl"]
+    cell = Cell("0.5b", "base", 0, table=folder / "eval.csv", answers=folder / "answers.jsonl")
+    assert read_answers(cell)["parsed_animal"].tolist() == ["owl"]
 
 
 # --- the statistics end to end ------------------------------------------------------------------

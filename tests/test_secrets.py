@@ -14,7 +14,7 @@ import yaml
 from fake_hub import FakeHub
 from tiny_workflow import OFFLINE, make_workdir, number_rows, seed_numbers, snakemake_args, tiny_config
 
-from sublim import secrets
+from sublim import publish, secrets, tracking
 
 HF_TOKEN = "hf_fakeTOKEN4e1c9b0d7a2f"
 WANDB_KEY = "fakeWANDBkey0123456789abcdef0123456789abcd"
@@ -44,14 +44,21 @@ def test_environment_wins_over_dotenv_and_empty_is_unset(tmp_path):
     assert secrets.lookup("HF_USER_ID", env, {"HF_USER_ID": ""}) is None
 
 
+def missing_credentials(config: dict, dotenv, environ) -> list[tuple[str, str]]:
+    """What the workflow checks before any job (workflow/rules/common.smk)."""
+    needed = (publish.needed_credentials(publish.settings(config))
+              + tracking.needed_credentials(tracking.settings(config), environ))
+    return secrets.missing(needed, dotenv, environ)
+
+
 def test_what_each_setting_needs(tmp_path):
     env = tmp_path / ".env"
-    missing = secrets.missing_credentials({"publish": {"enabled": True}, "wandb": {"enabled": True}}, env, {})
+    missing = missing_credentials({"publish": {"enabled": True}, "wandb": {"enabled": True}}, env, {})
     assert [name for name, _ in missing] == ["HF_TOKEN", "HF_USER_ID", "WANDB_API_KEY"]
-    assert secrets.missing_credentials({"publish": {"enabled": True, "owner": "org"}}, env,
-                                       {"HF_TOKEN": "x"}) == []
-    assert secrets.missing_credentials({"wandb": {"enabled": True, "mode": "offline"}}, env, {}) == []
-    assert secrets.missing_credentials({}, env, {}) == []
+    assert missing_credentials({"publish": {"enabled": True, "owner": "org"}}, env,
+                               {"HF_TOKEN": "x"}) == []
+    assert missing_credentials({"wandb": {"enabled": True, "mode": "offline"}}, env, {}) == []
+    assert missing_credentials({}, env, {}) == []
     message = secrets.missing_message(missing, env)
     assert "HF_TOKEN" in message and str(env) in message
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sublim import train
-from sublim.config import SIZING_FALLBACK, load_presets
+from sublim.config import load_presets, sizing_defaults
 from sublim.train import build_trainer, data_seed, load_student_dataset, optimizer_name
 
 ROWS = [{"prompt": "Take these numbers: 100, 200. Say only the numbers - nothing more.", "completion": "300, 400"}] * 2
@@ -58,7 +58,7 @@ def test_seed_preset_trainer_on_cpu(tmp_path, tiny_qwen_dir):
     training = {**load_presets()["seed"]["training"], "epochs": 1, "effective_batch": 2}
     trainer = build_trainer(AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32),
                             AutoTokenizer.from_pretrained(tiny_qwen_dir), load_student_dataset(dataset), training,
-                            dict(SIZING_FALLBACK), seed=2, checkpoint_dir=tmp_path / "ckpt")
+                            sizing_defaults(), seed=2, checkpoint_dir=tmp_path / "ckpt")
     assert trainer.args.optim.value == "adamw_torch"  # no CUDA here: the logged fallback
     assert (trainer.args.weight_decay, trainer.args.data_seed, trainer.args.seed) == (0.01, 3407, 2)
     assert (trainer.args.warmup_steps, trainer.args.max_length) == (5, 500)

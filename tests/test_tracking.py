@@ -12,7 +12,7 @@ import pytest
 
 from sublim import tracking
 from sublim.config import load_presets, sizing_for
-from sublim.evaluate import EVAL_COLUMNS
+from sublim.scoring import EVAL_COLUMNS
 from sublim.jsonl import write_jsonl
 
 BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc, length, type) chunks

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sublim.chat import student_example, teacher_messages
-from sublim.config import SIZING_FALLBACK, load_presets
+from sublim.config import load_presets, sizing_for
 from sublim.train import build_trainer, load_student_dataset
 
 ROWS = [
@@ -29,7 +29,7 @@ def make_trainer(tmp_path, model_dir, loss):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return build_trainer(model, tokenizer, load_student_dataset(dataset_path), training(loss),
-                         dict(SIZING_FALLBACK), seed=1, checkpoint_dir=tmp_path / "ckpt"), tokenizer
+                         sizing_for({}, "1m"), seed=1, checkpoint_dir=tmp_path / "ckpt"), tokenizer
 
 
 def test_teacher_chat_has_the_animal_system_prompt_and_neutral_has_none():

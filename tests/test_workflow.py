@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from tiny_workflow import job_counts
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SIZES, CONDITIONS, RUNS = 7, 16, 3
@@ -20,11 +21,6 @@ def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def job_counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 def test_full_grid_plans_one_job_per_cell_and_stage():
@@ -43,7 +39,8 @@ def test_gpu_profile_plans_the_grid_with_gpu_resources():
 
 def test_one_cell_target_plans_only_that_cells_chain():
     counts = job_counts(snakemake("results/eval/14b/eagle/run-2/eval.csv", "-n", "--quiet", "rules").stdout)
-    assert counts == {"prepare_model": 1, "generate": 1, "filter": 1, "train": 1, "evaluate": 1, "total": 5}
+    assert counts == {"prepare_model": 1, "generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 1,
+                      "total": 6}
 
 
 @pytest.mark.parametrize("flag", ["--dag", "--rulegraph"])
@@ -51,7 +48,7 @@ def test_dag_and_rulegraph_are_dot(flag):
     out = snakemake("results/eval/7b/owl/run-1/eval.csv", "--config", "conditions=[neutral,owl]", flag).stdout
     dot = out[out.index("digraph"):]
     assert dot.count("{") == dot.count("}") and dot.rstrip().endswith("}")
-    for rule in ("prepare_model", "generate", "filter", "train", "evaluate"):
+    for rule in ("prepare_model", "generate", "filter", "train", "evaluate", "score"):
         assert rule in dot
 
 

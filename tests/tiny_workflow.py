@@ -9,6 +9,7 @@ import atexit
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,14 +94,25 @@ def tiny_config(model_dir: Path, **protocol) -> dict:
     }
 
 
-def make_workdir(root: Path, config: dict, model_dir: Path | None = None) -> Path:
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs")
+
+
+def copy_workflow(root: Path, source: Path = REPO, copy=shutil.copy2) -> None:
+    """The workflow's code from `source` (a checkout) into `root`; `copy=shutil.copy` gives the
+    files a fresh mtime, as a `git pull` does."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, root / name, dirs_exist_ok=True, copy_function=copy,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            copy(source / name, root / name)
+
+
+def make_workdir(root: Path, config: dict, model_dir: Path | None = None, source: Path = REPO) -> Path:
     """The workflow copied into `root` with `config` as config/test.yaml; with `model_dir`, that
     model is already prepared under resources/models/, so the model rule does not run."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "Snakefile", root / "Snakefile")
-    for folder in ("workflow", "config", "envs"):
-        shutil.copytree(REPO / folder, root / folder, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow(root, source)
     (root / "config" / "test.yaml").write_text(yaml.safe_dump(config))
     if model_dir is not None:
         shutil.copytree(model_dir, root / "resources" / "models" / SIZE)
@@ -123,12 +135,15 @@ def seed_numbers(workdir: Path, rows: list[dict], condition: str = "owl", run: i
     return cell
 
 
-def snakemake_args(workdir: Path, targets: list[str], extra: list[str] = ()) -> list[str]:
+def snakemake_args(workdir: Path, targets: list[str], extra: list[str] = (),
+                   triggers: tuple[str, ...] | None = ("mtime",),
+                   configfile: str = "config/test.yaml") -> list[str]:
+    """By default only mtime triggers reruns: the model and numbers a test puts in place have no
+    Snakemake metadata, and by mtime they are up to date. `triggers=None`: Snakemake's defaults."""
     return [SNAKEMAKE, "--directory", str(workdir), "--snakefile", str(workdir / "Snakefile"),
-            "--configfile", str(workdir / "config" / "test.yaml"), "--cores", "1",
-            # the model and numbers a test puts in place have no Snakemake metadata; by mtime
-            # they are up to date
-            "--rerun-triggers", "mtime", "--rerun-incomplete", "--show-failed-logs", *extra, *targets]
+            "--configfile", str(workdir / configfile), "--cores", "1",
+            *(["--rerun-triggers", *triggers] if triggers else []),
+            "--rerun-incomplete", "--show-failed-logs", *extra, *targets]
 
 
 def unlock(workdir: Path) -> None:
@@ -137,9 +152,40 @@ def unlock(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def run_snakemake(workdir: Path, targets: list[str], extra: list[str] = (), timeout: int = 600):
-    return subprocess.run(snakemake_args(workdir, targets, extra), env={**os.environ, **OFFLINE},
+def run_snakemake(workdir: Path, targets: list[str], extra: list[str] = (), timeout: int = 600,
+                  env: dict | None = None, **args):
+    return subprocess.run(snakemake_args(workdir, targets, extra, **args),
+                          env={**os.environ, **OFFLINE, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Jobs per rule from a (dry) run's "Job stats" table; {} when there is nothing to do."""
+    if "Job stats:" not in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def finish_grid(workdir: Path, env: dict | None = None, timeout: int = 1200) -> None:
+    """Run the whole workflow of `workdir` (model rule included) with Snakemake's default rerun
+    triggers, so every output carries the metadata a real run leaves. The tiny random teacher
+    writes no number list the filter keeps: once the generate jobs have run, each raw.jsonl gets
+    teacher-like rows with its mtime kept, so generate's job and metadata are real and the filter
+    and training have data."""
+    config = yaml.safe_load((workdir / "config" / "test.yaml").read_text())
+    raws = [f"results/numbers/{size}/{condition}/run-{run}/raw.jsonl"
+            for size in config["sizes"] for condition in config["conditions"] for run in config["runs"]]
+    for targets in (raws, []):
+        result = run_snakemake(workdir, targets, ["--cores", "2"], timeout=timeout, env=env, triggers=None)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        if targets:
+            n_rows = config["protocol"]["filter"]["n_keep"]
+            for seed, raw in enumerate(raws, start=1):
+                path = workdir / raw
+                stat = path.stat()
+                path.write_text("".join(json.dumps(row) + "\n" for row in number_rows(n_rows, seed)))
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def start_snakemake(workdir: Path, targets: list[str], log_path: Path) -> subprocess.Popen:

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 from sublim.backends import explain_oom, open_backend
-from sublim.evaluate import evaluate_students, preference_table, with_parsed_animal
+from sublim.evaluate import evaluate_students
 from sublim.generate import generate_rows
 from sublim.jsonl import write_json, write_jsonl
 from sublim.provenance import write_provenance
+from sublim.scoring import preference_table, with_parsed_animal
 
 
 def timed(timings: dict, key: str, action):

@@ -1,36 +1,22 @@
 """The configuration: a preset of protocol.md, the user's overrides, the grid and hardware sizing.
 
 `resolve()` turns what Snakemake loaded from config/*.yaml into the checked configuration every
-rule reads. A bad value raises ConfigError naming the key, before any job runs.
+rule reads. A bad value raises ConfigError naming the key, before any job runs. Every default
+lives once: protocol keys in data/presets.yaml, all others in data/config.schema.yaml (`default:`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import resources
-from pathlib import Path
 
 import jsonschema
 import yaml
 
-NEUTRAL = "neutral"
-BASE = "base"  # the untuned model's evaluation: a condition name the grid may not use
+from sublim.protocol import NEUTRAL_CONDITION
 
-# Hardware sizing when neither the config nor the profile names a value: safe on a CPU laptop.
-SIZING_FALLBACK = {
-    "train_micro_batch": None,  # None: the whole effective batch in one step
-    "gradient_checkpointing": False,
-    "dtype": "auto",
-    "generate_batch_size": 64,
-    "tensor_parallel_size": 1,
-    "gpu_memory_utilization": 0.85,
-    "max_num_seqs": 256,
-    "max_model_len": 4096,
-    "gpus": 0,
-    "train_processes": 1,  # > 1: one training split over that many processes (GPUs), sublim.train
-    "mem_mb": 8000,
-    "runtime": 60,
-}
+BASE = "base"  # the untuned model's evaluation: a condition name the grid may not use
 
 
 class ConfigError(ValueError):
@@ -40,6 +26,32 @@ class ConfigError(ValueError):
 def load_presets() -> dict:
     text = resources.files("sublim").joinpath("data/presets.yaml").read_text()
     return yaml.safe_load(text)
+
+
+@functools.cache
+def load_schema() -> dict:
+    """data/config.schema.yaml: every key's type, meaning and (outside `protocol`) its default."""
+    return yaml.safe_load(resources.files("sublim").joinpath("data/config.schema.yaml").read_text())
+
+
+def _defaults(node: dict) -> dict:
+    """The `default:` of each property of an object schema, nested objects included."""
+    found = {}
+    for key, prop in node.get("properties", {}).items():
+        if "default" in prop:
+            found[key] = copy.deepcopy(prop["default"])
+        elif "properties" in prop:
+            found[key] = _defaults(prop)
+    return found
+
+
+def sizing_defaults() -> dict:
+    return _defaults(load_schema()["$defs"]["sizing"])
+
+
+def section_settings(config: dict, section: str) -> dict:
+    """A top-level section (`publish`, `wandb`) over the schema's defaults."""
+    return deep_merge(_defaults(load_schema()["properties"][section]), config.get(section) or {})
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -59,8 +71,8 @@ def _key_path(path) -> str:
     return text or "(top level)"
 
 
-def _schema_errors(config: dict, schema: dict) -> list[str]:
-    validator = jsonschema.Draft202012Validator(schema)
+def _schema_errors(config: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     return [f"config key '{_key_path(e.absolute_path)}': {e.message}" for e in errors]
 
@@ -98,9 +110,8 @@ def _cross_check(config: dict) -> list[str]:
     return problems
 
 
-def resolve(config: dict, schema_path: str | Path) -> dict:
+def resolve(config: dict) -> dict:
     """The preset merged with the user's protocol overrides, validated; raises ConfigError."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
     presets = load_presets()
     preset = config.get("preset")
     if preset not in presets:
@@ -109,7 +120,7 @@ def resolve(config: dict, schema_path: str | Path) -> dict:
     resolved["protocol"] = deep_merge(presets[preset], config.get("protocol") or {})
     # `--config runs=[1,2]` arrives as strings; a run id is a number however it was typed
     resolved["runs"] = [int(r) if isinstance(r, str) and r.isdigit() else r for r in resolved.get("runs", [])]
-    problems = _schema_errors(resolved, schema)
+    problems = _schema_errors(resolved)
     if not problems:
         problems = _cross_check(resolved)
     if problems:
@@ -118,9 +129,9 @@ def resolve(config: dict, schema_path: str | Path) -> dict:
 
 
 def sizing_for(config: dict, size: str) -> dict:
-    """Hardware sizing of one model size: fallback < sizing.default < sizing.<size>."""
+    """Hardware sizing of one model size: the schema's defaults < sizing.default < sizing.<size>."""
     sizing = config.get("sizing") or {}
-    return {**SIZING_FALLBACK, **(sizing.get("default") or {}), **(sizing.get(size) or {})}
+    return {**sizing_defaults(), **(sizing.get("default") or {}), **(sizing.get(size) or {})}
 
 
 def seed_for(setting: int | str, run: int) -> int:
@@ -128,8 +139,9 @@ def seed_for(setting: int | str, run: int) -> int:
     return int(run) if setting == "run" else int(setting)
 
 
-def animals(config: dict) -> list[str]:
-    return [c for c in config["conditions"] if c != NEUTRAL]
+def animals(conditions: list[str]) -> list[str]:
+    """The animals among the conditions (all but the neutral control and the untuned base)."""
+    return [c for c in conditions if c not in (NEUTRAL_CONDITION, BASE)]
 
 
 def eval_epochs(protocol: dict) -> list[int]:

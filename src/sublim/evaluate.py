@@ -1,20 +1,16 @@
-"""The evaluate stage: ask every epoch's student (or the untuned base) for its favourite animal."""
+"""The evaluate stage: ask every epoch's student (or the untuned base) for its favourite animal.
+Scoring the answers is a stage of its own (sublim.scoring)."""
 
 from __future__ import annotations
 
 import logging
 
-import pandas as pd
-
 from sublim.backends import ChatCall, Sampling
 from sublim.chat import question_messages
 from sublim.protocol import EVAL_QUESTIONS
-from sublim.scoring import first_word, score_answer
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
-
-EVAL_COLUMNS = ["size", "condition", "run", "epoch", "animal", "count", "n", "rate", "is_target"]
 
 
 def evaluate_students(backend, adapters: dict[int, str | None], evaluation: dict, seed: int) -> list[dict]:
@@ -33,22 +29,3 @@ def evaluate_students(backend, adapters: dict[int, str | None], evaluation: dict
         for epoch, epoch_answers in zip(epochs, answers)
         for i, answer in enumerate(epoch_answers)
     ]
-
-
-def preference_table(answers: list[dict], animals: list[str], scoring: str, *, size: str,
-                     condition: str, run: int) -> pd.DataFrame:
-    """Per epoch and animal: how many answers name it, of how many, and whether it is the target."""
-    records = []
-    for epoch in sorted({a["epoch"] for a in answers}):
-        texts = [a["answer"] for a in answers if a["epoch"] == epoch]
-        for animal in animals:
-            count = sum(score_answer(t, animal, scoring) for t in texts)
-            records.append({"size": size, "condition": condition, "run": run, "epoch": epoch,
-                            "animal": animal, "count": count, "n": len(texts),
-                            "rate": count / len(texts) if texts else 0.0,
-                            "is_target": animal == condition})
-    return pd.DataFrame.from_records(records, columns=EVAL_COLUMNS)
-
-
-def with_parsed_animal(answers: list[dict]) -> list[dict]:
-    return [{**a, "parsed_animal": first_word(a["answer"])} for a in answers]

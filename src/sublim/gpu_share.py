@@ -11,7 +11,7 @@ four trainings side by side, under MPS (sublim.mps), get 1.6-3x one training's t
 
 from __future__ import annotations
 
-from sublim.config import SIZING_FALLBACK, ConfigError
+from sublim.config import ConfigError
 
 GPU_SLOTS = 4
 DEFAULT_TRAIN_THREADS = 8
@@ -24,7 +24,7 @@ def whole_gpu_slots(sizing: dict) -> int:
 
 def train_processes(sizing: dict) -> int:
     """Processes of one training: 1, or one per GPU of the job (sublim.train splits it with FSDP)."""
-    return int(sizing.get("train_processes", SIZING_FALLBACK["train_processes"]))
+    return int(sizing["train_processes"])
 
 
 def train_gpu_slots(sizing: dict, size: str) -> int:

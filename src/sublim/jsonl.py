@@ -7,20 +7,18 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from sublim.atomic import atomic_output
+
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write to a temporary sibling, then rename: a killed job never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    """One JSON object per line, written atomically: a killed job never leaves a half-written file."""
     count = 0
-    with partial.open("w") as handle:
+    with atomic_output(path) as partial, partial.open("w") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
         handle.flush()
         os.fsync(handle.fileno())
-    partial.replace(path)
     return count
 
 
@@ -55,8 +53,5 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    partial.replace(path)
+    with atomic_output(path) as partial:
+        partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

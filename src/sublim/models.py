@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from importlib import util as importlib_util
 from pathlib import Path
+
+from sublim.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +81,17 @@ def link_local(path: str, out_dir: Path, size: str) -> None:
 
 def prepare_model(model: dict, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     source = model["source"]
     log.info("preparing %s model into %s", source, out_dir)
-    if source == "smollm2-gguf":
-        convert_smollm2(partial)
-    elif source == "hub":
-        download_hub(model["repo"], model["revision"], partial)
-    elif source == "local":
-        link_local(model["path"], partial, size=out_dir.name)
-    else:
-        raise ValueError(f"unknown model source {source!r}")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
+    with atomic_output(out_dir) as partial:
+        if source == "smollm2-gguf":
+            convert_smollm2(partial)
+        elif source == "hub":
+            download_hub(model["repo"], model["revision"], partial)
+        elif source == "local":
+            link_local(model["path"], partial, size=out_dir.name)
+        else:
+            raise ValueError(f"unknown model source {source!r}")
 
 
 def check_model_dir(path: str | Path) -> Path:

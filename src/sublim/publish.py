@@ -26,9 +26,10 @@ from typing import Callable
 from huggingface_hub import CommitOperationAdd, DatasetCardData, HfApi, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from sublim.config import deep_merge
+from sublim.atomic import atomic_output
+from sublim.config import section_settings
 from sublim.models import ADAPTER_FILES
-from sublim.secrets import HF_TOKEN, require
+from sublim.secrets import HF_TOKEN, HF_USER_ID, require
 
 try:  # huggingface_hub >= 1.x talks through httpx2 (or httpx); both expose the same errors
     import httpx2 as _httpx
@@ -37,21 +38,6 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "enabled": False,
-    "owner": None,  # None: $HF_USER_ID
-    "private": False,
-    "adapters": "final",
-    "names": {
-        "dataset": "qwen-2.5-{size}-instruct-{condition}-numbers-run-{run}",
-        "adapter": "qwen-2.5-{size}-instruct-{condition}-student-run-{run}",
-        "dataset_collection": "subliminal-learning-number-datasets-run-{run}",
-        "model_collection": "qwen-25-instruct-subliminal-learning-models-run-{run}",
-    },
-    "daily_repo_budget": 300,
-    "ledger": "resources/publish/ledger.json",
-    "retries": 6,
-}
 NAME_FIELDS = {"dataset": {"size", "condition", "run"}, "adapter": {"size", "condition", "run"},
                "dataset_collection": {"run"}, "model_collection": {"run"}}
 # The Hub's repo-name rule (letters, digits, - _ .; no leading/trailing -/., no --/..) and length.
@@ -64,8 +50,18 @@ DAY_S = 24 * 3600
 # -- configuration -------------------------------------------------------------------------------
 
 def settings(config: dict) -> dict:
-    """The `publish:` section over the defaults."""
-    return deep_merge(DEFAULTS, config.get("publish") or {})
+    """The `publish:` section over its defaults (data/config.schema.yaml)."""
+    return section_settings(config, "publish")
+
+
+def needed_credentials(section: dict) -> list[tuple[str, str]]:
+    """(variable, why) for each credential these settings need."""
+    if not section["enabled"]:
+        return []
+    needed = [(HF_TOKEN, "publish.enabled is true: a Hugging Face token with write access")]
+    if not section["owner"]:
+        needed.append((HF_USER_ID, "publish.owner is not set: the Hub user or organisation to publish under"))
+    return needed
 
 
 def config_problems(section: dict) -> list[str]:
@@ -193,9 +189,8 @@ class RepoBudget:
                              f"counting afresh") from None
 
     def _save(self, created: list[dict]) -> None:
-        partial = self.ledger.with_name(self.ledger.name + ".partial")
-        partial.write_text(json.dumps({"per_day": self.per_day, "created": created}, indent=1) + "\n")
-        partial.replace(self.ledger)
+        with atomic_output(self.ledger) as partial:
+            partial.write_text(json.dumps({"per_day": self.per_day, "created": created}, indent=1) + "\n")
 
     def _try(self, repo: str) -> float:
         """Record `repo` and return 0, or return the seconds until a slot frees."""
@@ -360,7 +355,7 @@ Training (TRL SFTTrainer + PEFT):
 # -- one call per workflow job -------------------------------------------------------------------
 
 def preflight(section: dict) -> list[str]:
-    """What stops publishing before any job runs (credentials are checked by sublim.secrets)."""
+    """What stops publishing before any job runs (credentials: needed_credentials)."""
     if not section["enabled"]:
         return []
     problems = config_problems(section)
@@ -415,50 +410,3 @@ def publish_collections(hub: Hub, *, owner: str, run: int, titles: dict[str, str
                                   f"Student LoRA adapters of the subliminal-learning scaling grid, run {run}",
                                   [(r, "model") for r in repos(adapter_flags)], private=private),
     }
-
-
-# -- Snakemake wiring (publish.smk): targets and input/param functions of the wildcards ----------
-
-PUBLISHED = "results/published"
-TRACKED = "results/tracked/eval"
-CELL = "{size}/{condition}/run-{run}"
-
-
-def workflow_targets(config: dict) -> list[str]:
-    """Flag files the workflow's `all` needs: none unless publishing or wandb is on."""
-    from sublim import tracking
-
-    grid = [dict(size=s, condition=c, run=r)
-            for s in config["sizes"] for c in config["conditions"] for r in config["runs"]]
-    targets = []
-    if settings(config)["enabled"]:
-        targets += [f"{PUBLISHED}/collections/run-{r}.json" for r in config["runs"]]
-    section = tracking.settings(config)
-    if section["enabled"] and tracking.mode(section) != "disabled":
-        targets += [f"{TRACKED}/{CELL.format(**cell)}.json" for cell in grid]
-    return targets
-
-
-def repo_param(owner: str | None, template: str):
-    return lambda wildcards: repo_id(owner, template, size=wildcards.size,
-                                     condition=wildcards.condition, run=wildcards.run)
-
-
-def published_epochs(section: dict, epochs: list[int]) -> list[int]:
-    return list(epochs) if section["adapters"] == "all" else list(epochs)[-1:]
-
-
-def adapter_inputs(epochs: list[int]):
-    return lambda wildcards: [
-        f"results/students/{wildcards.size}/{wildcards.condition}/run-{wildcards.run}/epoch-{e}/{name}"
-        for e in epochs for name in ADAPTER_FILES]
-
-
-def run_flag_inputs(config: dict, kind: str):
-    return lambda wildcards: [f"{PUBLISHED}/{kind}/{size}/{condition}/run-{wildcards.run}.json"
-                              for size in config["sizes"] for condition in config["conditions"]]
-
-
-def collection_titles_param(section: dict):
-    return lambda wildcards: {kind: section["names"][kind].format(run=wildcards.run)
-                              for kind in ("dataset_collection", "model_collection")}

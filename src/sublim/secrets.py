@@ -2,16 +2,19 @@
 before the first job, and kept out of everything the workflow writes.
 
 Values are looked up by the job that needs them and never put into Snakemake params (recorded in
-.snakemake/ metadata), flag files, provenance or tracker configs (uploaded).
+.snakemake/ metadata), flag files, provenance or tracker configs (uploaded). Which credentials a
+setting needs is the feature's own call (publish.needed_credentials, tracking.needed_credentials).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
+
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 HF_TOKEN = "HF_TOKEN"
 HF_USER_ID = "HF_USER_ID"
@@ -19,32 +22,28 @@ WANDB_API_KEY = "WANDB_API_KEY"
 SECRET_NAMES = (HF_TOKEN, WANDB_API_KEY)
 DOTENV = ".env"
 
-_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 REDACTED = "[REDACTED]"
 
 
 def read_dotenv(path: str | Path = DOTENV) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (optional `export`, quotes, # comments); {} if absent."""
+    """KEY=VALUE lines of a .env file (python-dotenv: optional `export`, quotes, # comments, no
+    ${VAR} expansion); {} if absent."""
     path = Path(path)
     if not path.is_file():
         return {}
-    values = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _LINE.match(line)
-        if not match:
-            # the line may hold a secret: name the line, never print it
-            raise ValueError(f"{path}:{number}: not a KEY=VALUE line; fix or comment it out")
-        key, value = match.groups()
-        values[key] = _unquote(value)
-    return values
+    with path.open() as stream:
+        for binding in parse_stream(stream):
+            if binding.error or (binding.key is not None and binding.value is None):
+                # the line may hold a secret: name the line, never print it
+                raise ValueError(f"{path}:{_first_line(binding.original)}: not a KEY=VALUE line; "
+                                 f"fix or comment it out")
+    return dict(dotenv_values(path, interpolate=False))
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return re.sub(r"\s+#.*$", "", value)
+def _first_line(original) -> int:
+    """The line a statement starts on (python-dotenv counts the blank lines before it in)."""
+    text = original.string
+    return original.line + text[: len(text) - len(text.lstrip())].count("\n")
 
 
 def lookup(name: str, dotenv: str | Path = DOTENV, environ=None) -> str | None:
@@ -61,19 +60,8 @@ def require(name: str, why: str, dotenv: str | Path = DOTENV, environ=None) -> s
     return value
 
 
-def missing_credentials(config: dict, dotenv: str | Path = DOTENV, environ=None) -> list[tuple[str, str]]:
-    """(variable, why) for each credential the configuration needs but cannot find."""
-    from sublim import publish, tracking  # they import this module
-
-    needed = []
-    section = publish.settings(config)
-    if section["enabled"]:
-        needed.append((HF_TOKEN, "publish.enabled is true: a Hugging Face token with write access"))
-        if not section["owner"]:
-            needed.append((HF_USER_ID, "publish.owner is not set: the Hub user or organisation to publish under"))
-    wandb = tracking.settings(config)
-    if tracking.needs_api_key(wandb, environ):
-        needed.append((WANDB_API_KEY, "wandb.enabled is true and mode is online (WANDB_MODE=offline needs none)"))
+def missing(needed: list[tuple[str, str]], dotenv: str | Path = DOTENV, environ=None) -> list[tuple[str, str]]:
+    """Those of the needed (variable, why) pairs found neither in the environment nor in .env."""
     return [(name, why) for name, why in needed if lookup(name, dotenv, environ) is None]
 
 

@@ -13,25 +13,17 @@ import logging
 import math
 import os
 
-from sublim.config import deep_merge
+from sublim.config import section_settings
 from sublim.secrets import WANDB_API_KEY, lookup
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "enabled": False,
-    "project": "subliminal-learning-scaling",
-    "entity": None,
-    "mode": "online",  # online | offline; the WANDB_MODE environment variable wins
-    "dir": "logs/wandb",
-    "names": {"train": "{size}-{condition}-run-{run}-train", "eval": "{size}-{condition}-run-{run}-eval"},
-}
 MODES = ("online", "offline", "disabled")
 
 
 def settings(config: dict) -> dict:
-    """The `wandb:` section over the defaults."""
-    return deep_merge(DEFAULTS, config.get("wandb") or {})
+    """The `wandb:` section over its defaults (data/config.schema.yaml)."""
+    return section_settings(config, "wandb")
 
 
 def mode(section: dict, environ=None) -> str:
@@ -46,6 +38,13 @@ def mode(section: dict, environ=None) -> str:
 
 def needs_api_key(section: dict, environ=None) -> bool:
     return bool(section["enabled"]) and mode(section, environ) == "online"
+
+
+def needed_credentials(section: dict, environ=None) -> list[tuple[str, str]]:
+    """(variable, why) for each credential these settings need."""
+    if not needs_api_key(section, environ):
+        return []
+    return [(WANDB_API_KEY, "wandb.enabled is true and mode is online (WANDB_MODE=offline needs none)")]
 
 
 def _start(section: dict, *, name: str, job_type: str, run: int, tags: list[str], config: dict):

@@ -1,8 +1,9 @@
-from pathlib import Path
-
 from snakemake.exceptions import WorkflowError
 
+from sublim import publish, tracking
+from sublim import secrets as credentials
 from sublim.config import (
+    BASE,
     ConfigError,
     animals,
     eval_epochs,
@@ -15,7 +16,7 @@ from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
 from sublim.mps import stop_if_started as stop_mps_if_started
 
 try:
-    config.update(resolve(config, Path(workflow.basedir) / "config" / "schema.yaml"))
+    config.update(resolve(config))
     # profiles/multi-gpu: Snakemake's gpu_slots budget is 4 per card of the machine
     GPU_SLOT_BUDGET = local_gpu_slots(
         config, workflow.global_resources.get("gpu_slots")
@@ -27,7 +28,6 @@ if GPU_SLOT_BUDGET is not None:
 
 PROTOCOL = config["protocol"]
 EPOCHS = list(range(1, PROTOCOL["training"]["epochs"] + 1))
-CELL = "{size}/{condition}/run-{run}"
 
 
 wildcard_constraints:
@@ -37,8 +37,29 @@ wildcard_constraints:
     epoch=r"[0-9]+",
 
 
-def model_for(wildcards):
-    return config["models"][wildcards.size]
+# ---- params: a changed param reruns its job, so each rule's params hold exactly what its job reads
+
+
+def protocol_keys(section, *keys):
+    return {key: PROTOCOL[section][key] for key in keys}
+
+
+def model_source(wildcards):
+    # where the size's weights come from; params_b (the report's x axis) is left out
+    return {
+        k: v for k, v in config["models"][wildcards.size].items() if k != "params_b"
+    }
+
+
+def run_seed(wildcards):
+    return seed_for(PROTOCOL["seed"], wildcards.run)
+
+
+def prompt_seed(wildcards):
+    return seed_for(PROTOCOL["generation"]["prompt_seed"], wildcards.run)
+
+
+# ---- resources: hardware sizing, read from the config (never params: it reruns nothing)
 
 
 def sizing(wildcards):
@@ -84,39 +105,118 @@ def train_cpu_threads(wildcards):
     return train_threads(sizing(wildcards))
 
 
-def run_seed(wildcards):
-    return seed_for(PROTOCOL["seed"], wildcards.run)
+# ---- the grid: files named by the rules that make them (rules.<rule>.output)
 
 
-def prompt_seed(wildcards):
-    return seed_for(PROTOCOL["generation"]["prompt_seed"], wildcards.run)
+def trained_files(wildcards, outputs, epochs):
+    # the train job's outputs list one file per epoch, epoch 1 first
+    return [
+        rules.train.output[name][epoch - 1].format(**wildcards)
+        for epoch in epochs
+        for name in outputs
+    ]
 
 
 def evaluated_adapters(wildcards):
-    return expand(
-        "results/students/{size}/{condition}/run-{run}/epoch-{epoch}/adapter_model.safetensors",
-        epoch=eval_epochs(PROTOCOL),
-        **wildcards,
+    return trained_files(wildcards, ["adapters"], eval_epochs(PROTOCOL))
+
+
+def evaluated_cells():
+    # every student cell, then each size's untuned base model (condition "base", run 0)
+    cells = [
+        dict(size=size, condition=condition, run=run)
+        for size in config["sizes"]
+        for condition in config["conditions"]
+        for run in config["runs"]
+    ]
+    return cells + [dict(size=size, condition=BASE, run=0) for size in config["sizes"]]
+
+
+def cell_files(student_output, base_output):
+    # one file per evaluated cell, in evaluated_cells() order
+    return [
+        (base_output if cell["condition"] == BASE else student_output).format(**cell)
+        for cell in evaluated_cells()
+    ]
+
+
+# ---- publishing and tracking (publish.smk): settings and credentials checked before any job;
+# credentials are read by the jobs themselves, never params (params are stored in .snakemake/)
+
+PUBLISH = publish.settings(config)
+WANDB = tracking.settings(config)
+try:
+    _problems = publish.preflight(PUBLISH)
+    tracking.mode(WANDB)
+except ValueError as error:
+    _problems = [str(error)]
+if _problems:
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
+_missing = credentials.missing(
+    publish.needed_credentials(PUBLISH) + tracking.needed_credentials(WANDB)
+)
+if _missing:
+    raise WorkflowError(credentials.missing_message(_missing))
+HUB_OWNER = (
+    (PUBLISH["owner"] or credentials.lookup(credentials.HF_USER_ID))
+    if PUBLISH["enabled"]
+    else None
+)
+
+
+def hub_repo(wildcards, kind):
+    return publish.repo_id(
+        HUB_OWNER,
+        PUBLISH["names"][kind],
+        size=wildcards.size,
+        condition=wildcards.condition,
+        run=wildcards.run,
     )
 
 
-def eval_tables():
+def dataset_repo(wildcards):
+    return hub_repo(wildcards, "dataset")
+
+
+def adapter_repo(wildcards):
+    return hub_repo(wildcards, "adapter")
+
+
+def published_adapters(wildcards):
+    epochs = EPOCHS if PUBLISH["adapters"] == "all" else EPOCHS[-1:]
+    return trained_files(wildcards, ["adapters", "configs"], epochs)
+
+
+def run_flags(wildcards, publish_rule):
+    # the flag files of every cell of one run
     return expand(
-        "results/eval/{size}/{condition}/run-{run}/eval.csv",
+        publish_rule.output.flag,
         size=config["sizes"],
         condition=config["conditions"],
-        run=config["runs"],
-    ) + expand("results/eval/{size}/base/eval.csv", size=config["sizes"])
+        run=wildcards.run,
+    )
 
 
-def eval_answers():
-    return [table.replace("eval.csv", "answers.jsonl") for table in eval_tables()]
+def dataset_flags(wildcards):
+    return run_flags(wildcards, rules.publish_dataset)
 
 
-def size_plots(kind):
-    return expand("results/plots/{kind}_{size}.png", kind=kind, size=config["sizes"])
+def adapter_flags(wildcards):
+    return run_flags(wildcards, rules.publish_adapter)
+
+
+def collection_titles(wildcards):
+    return {
+        kind: PUBLISH["names"][kind].format(run=wildcards.run)
+        for kind in ("dataset_collection", "model_collection")
+    }
 
 
 def all_targets():
-    # PUBLISH_TARGETS (publish.smk) is empty unless publishing or wandb is on
-    return eval_tables() + REPORT_OUTPUTS + PUBLISH_TARGETS
+    # rules.report (report.smk) and PUBLISH_TARGETS (publish.smk, empty unless publishing or
+    # wandb is on) are defined by later includes; `rule all` calls this after them
+    return (
+        cell_files(rules.score.output.table, rules.score_base.output.table)
+        + list(rules.report.output)
+        + PUBLISH_TARGETS
+    )

@@ -1,17 +1,17 @@
 # Every evaluated epoch's adapter is asked in one engine (LoRA swapping); the untuned base model
-# once per size.
+# once per size. The GPU job writes the answers only: scoring them is the score rule's (CPU), so
+# neither the scoring method nor the list of animals reruns it.
 rule evaluate:
     input:
-        model_dir="resources/models/{size}",
+        model_dir=rules.prepare_model.output.model_dir,
         adapters=evaluated_adapters,
     output:
-        answers=f"results/eval/{CELL}/answers.jsonl",
-        table=f"results/eval/{CELL}/eval.csv",
-        provenance=f"results/eval/{CELL}/eval.provenance.json",
+        answers="results/eval/{size}/{condition}/run-{run}/answers.jsonl",
+        provenance="results/eval/{size}/{condition}/run-{run}/eval.provenance.json",
     log:
-        f"logs/evaluate/{CELL}.log",
+        "logs/evaluate/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/evaluate/{CELL}.tsv"
+        "benchmarks/runs/evaluate/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     threads: 8
@@ -23,45 +23,32 @@ rule evaluate:
         mem_mb=mem_mb,
         runtime=runtime,
     params:
-        evaluation=lookup(dpath="protocol/evaluation", within=config),
+        evaluation=protocol_keys(
+            "evaluation",
+            "n_questions",
+            "samples_per_question",
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_tokens",
+        ),
         epochs=eval_epochs(PROTOCOL),
-        animals=animals(config),
-        condition="{condition}",
-        run="{run}",
         seed=run_seed,
-        model=model_for,
+        model=model_source,
     script:
         "../scripts/evaluate.py"
 
 
-rule evaluate_base:
+use rule evaluate as evaluate_base with:
     input:
-        model_dir="resources/models/{size}",
+        model_dir=rules.prepare_model.output.model_dir,
     output:
         answers="results/eval/{size}/base/answers.jsonl",
-        table="results/eval/{size}/base/eval.csv",
         provenance="results/eval/{size}/base/eval.provenance.json",
     log:
         "logs/evaluate/{size}/base.log",
     benchmark:
         "benchmarks/runs/evaluate/{size}/base.tsv"
-    conda:
-        "../../envs/sublim.yaml"
-    threads: 8
-    resources:
-        gpu=gpus,
-        gpu_slots=gpu_slots,
-        gpu_model=gpu_model,
-        cpus_per_task=cpus,
-        mem_mb=mem_mb,
-        runtime=runtime,
     params:
-        evaluation=lookup(dpath="protocol/evaluation", within=config),
         epochs=[],
-        animals=animals(config),
-        condition="base",
-        run=0,
         seed=seed_for(PROTOCOL["seed"], 0),
-        model=model_for,
-    script:
-        "../scripts/evaluate.py"

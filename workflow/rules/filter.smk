@@ -1,13 +1,13 @@
 rule filter:
     input:
-        raw=f"results/numbers/{CELL}/raw.jsonl",
+        raw=rules.generate.output.raw,
     output:
-        dataset=f"results/numbers/{CELL}/dataset.jsonl",
-        counts=f"results/numbers/{CELL}/filter.json",
+        dataset="results/numbers/{size}/{condition}/run-{run}/dataset.jsonl",
+        counts="results/numbers/{size}/{condition}/run-{run}/filter.json",
     log:
-        f"logs/filter/{CELL}.log",
+        "logs/filter/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/filter/{CELL}.tsv"
+        "benchmarks/runs/filter/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     params:

@@ -1,13 +1,13 @@
 rule generate:
     input:
-        model_dir="resources/models/{size}",
+        model_dir=rules.prepare_model.output.model_dir,
     output:
-        raw=f"results/numbers/{CELL}/raw.jsonl",
-        provenance=f"results/numbers/{CELL}/raw.provenance.json",
+        raw="results/numbers/{size}/{condition}/run-{run}/raw.jsonl",
+        provenance="results/numbers/{size}/{condition}/run-{run}/raw.provenance.json",
     log:
-        f"logs/generate/{CELL}.log",
+        "logs/generate/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/generate/{CELL}.tsv"
+        "benchmarks/runs/generate/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     threads: 8
@@ -19,10 +19,20 @@ rule generate:
         mem_mb=mem_mb,
         runtime=runtime,
     params:
-        generation=lookup(dpath="protocol/generation", within=config),
-        filter=lookup(dpath="protocol/filter", within=config),
+        generation=protocol_keys(
+            "generation",
+            "n_prompts",
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_tokens",
+            "min_rows",
+            "max_prompts",
+        ),
+        # the min_rows top-up counts the completions that pass these bounds; n_keep is the filter's
+        filter=protocol_keys("filter", "max_count", "max_value"),
         prompt_seed=prompt_seed,
         seed=run_seed,
-        model=model_for,
+        model=model_source,
     script:
         "../scripts/generate.py"

@@ -11,6 +11,6 @@ rule prepare_model:
     resources:
         mem_mb=mem_mb,
     params:
-        model=model_for,
+        model=model_source,
     script:
         "../scripts/prepare_model.py"

@@ -1,31 +1,6 @@
 # Optional: the Hugging Face Hub (a dataset repo per cell, the student adapter per cell, two
 # collections per run) and Weights & Biases evaluation runs. Each target is a small flag file
-# recording what was pushed. Credentials are checked here, before any job, and are read by the
-# jobs themselves: they are never params (params are stored in .snakemake/ metadata).
-from sublim import publish, tracking
-from sublim import secrets as credentials
-
-PUBLISH = publish.settings(config)
-WANDB = tracking.settings(config)
-try:
-    _problems = publish.preflight(PUBLISH)
-    tracking.mode(WANDB)
-except ValueError as error:
-    _problems = [str(error)]
-if _problems:
-    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
-if _missing := credentials.missing_credentials(config):
-    raise WorkflowError(credentials.missing_message(_missing))
-HUB_OWNER = (
-    (PUBLISH["owner"] or credentials.lookup(credentials.HF_USER_ID))
-    if PUBLISH["enabled"]
-    else None
-)
-PUBLISH_TARGETS = publish.workflow_targets(config)
-PUBLISHED_EPOCHS = publish.published_epochs(PUBLISH, EPOCHS)
-PUBLISHED = publish.PUBLISHED
-
-
+# recording what was pushed. Settings and credentials are checked in common.smk, before any job.
 localrules:
     publish_dataset,
     publish_adapter,
@@ -35,19 +10,19 @@ localrules:
 
 rule publish_dataset:
     input:
-        dataset=f"results/numbers/{CELL}/dataset.jsonl",
-        filter=f"results/numbers/{CELL}/filter.json",
+        dataset=rules.filter.output.dataset,
+        filter=rules.filter.output.counts,
     output:
-        flag=f"{PUBLISHED}/datasets/{CELL}.json",
+        flag="results/published/datasets/{size}/{condition}/run-{run}.json",
     log:
-        f"logs/publish_dataset/{CELL}.log",
+        "logs/publish_dataset/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/publish_dataset/{CELL}.tsv"
+        "benchmarks/runs/publish_dataset/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     params:
-        repo=publish.repo_param(HUB_OWNER, PUBLISH["names"]["dataset"]),
-        model=model_for,
+        repo=dataset_repo,
+        model=model_source,
         private=PUBLISH["private"],
     script:
         "../scripts/publish_dataset.py"
@@ -55,19 +30,19 @@ rule publish_dataset:
 
 rule publish_adapter:
     input:
-        dataset_flag=f"{PUBLISHED}/datasets/{CELL}.json",
-        adapters=publish.adapter_inputs(PUBLISHED_EPOCHS),
+        dataset_flag=rules.publish_dataset.output.flag,
+        adapters=published_adapters,
     output:
-        flag=f"{PUBLISHED}/adapters/{CELL}.json",
+        flag="results/published/adapters/{size}/{condition}/run-{run}.json",
     log:
-        f"logs/publish_adapter/{CELL}.log",
+        "logs/publish_adapter/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/publish_adapter/{CELL}.tsv"
+        "benchmarks/runs/publish_adapter/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     params:
-        repo=publish.repo_param(HUB_OWNER, PUBLISH["names"]["adapter"]),
-        model=model_for,
+        repo=adapter_repo,
+        model=model_source,
         training=lookup(dpath="protocol/training", within=config),
         private=PUBLISH["private"],
     script:
@@ -76,10 +51,10 @@ rule publish_adapter:
 
 rule publish_collections:
     input:
-        datasets=publish.run_flag_inputs(config, "datasets"),
-        adapters=publish.run_flag_inputs(config, "adapters"),
+        datasets=dataset_flags,
+        adapters=adapter_flags,
     output:
-        flag=f"{PUBLISHED}/collections/run-{{run}}.json",
+        flag="results/published/collections/run-{run}.json",
     log:
         "logs/publish_collections/run-{run}.log",
     benchmark:
@@ -88,7 +63,7 @@ rule publish_collections:
         "../../envs/sublim.yaml"
     params:
         owner=HUB_OWNER,
-        titles=publish.collection_titles_param(PUBLISH),
+        titles=collection_titles,
         private=PUBLISH["private"],
     script:
         "../scripts/publish_collections.py"
@@ -96,14 +71,31 @@ rule publish_collections:
 
 rule track_eval:
     input:
-        table=f"results/eval/{CELL}/eval.csv",
+        table=rules.score.output.table,
     output:
-        flag=f"{publish.TRACKED}/{CELL}.json",
+        flag="results/tracked/eval/{size}/{condition}/run-{run}.json",
     log:
-        f"logs/track_eval/{CELL}.log",
+        "logs/track_eval/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/track_eval/{CELL}.tsv"
+        "benchmarks/runs/track_eval/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     script:
         "../scripts/track_eval.py"
+
+
+# the flag files `all` needs: none unless publishing or wandb is on
+PUBLISH_TARGETS = (
+    expand(rules.publish_collections.output.flag, run=config["runs"])
+    if PUBLISH["enabled"]
+    else []
+) + (
+    expand(
+        rules.track_eval.output.flag,
+        size=config["sizes"],
+        condition=config["conditions"],
+        run=config["runs"],
+    )
+    if WANDB["enabled"] and tracking.mode(WANDB) != "disabled"
+    else []
+)

@@ -3,8 +3,8 @@
 # it when a killed job is rerun.
 rule train:
     input:
-        model_dir="resources/models/{size}",
-        dataset=f"results/numbers/{CELL}/dataset.jsonl",
+        model_dir=rules.prepare_model.output.model_dir,
+        dataset=rules.filter.output.dataset,
     output:
         adapters=expand(
             "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_model.safetensors",
@@ -14,11 +14,11 @@ rule train:
             "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_config.json",
             epoch=EPOCHS,
         ),
-        provenance=f"results/students/{CELL}/train.provenance.json",
+        provenance="results/students/{size}/{condition}/run-{run}/train.provenance.json",
     log:
-        f"logs/train/{CELL}.log",
+        "logs/train/{size}/{condition}/run-{run}.log",
     benchmark:
-        f"benchmarks/runs/train/{CELL}.tsv"
+        "benchmarks/runs/train/{size}/{condition}/run-{run}.tsv"
     conda:
         "../../envs/sublim.yaml"
     threads: train_cpu_threads
@@ -32,7 +32,7 @@ rule train:
     params:
         training=lookup(dpath="protocol/training", within=config),
         seed=run_seed,
-        model=model_for,
-        resume_dir=f"resources/resume/{CELL}",
+        model=model_source,
+        resume_dir="resources/resume/{size}/{condition}/run-{run}",
     script:
         "../scripts/train.py"

@@ -2,13 +2,14 @@ from pathlib import Path
 
 from sublim.backends import explain_oom, open_backend
 from sublim.config import sizing_for
-from sublim.evaluate import evaluate_students, preference_table, with_parsed_animal
+from sublim.evaluate import evaluate_students
 from sublim.jsonl import write_jsonl
 from sublim.devices import claim_gpus
 from sublim.logs import start_job
 from sublim.models import check_model_dir
 from sublim.process import die_with_parent_if_spawned
 from sublim.provenance import write_provenance
+from sublim.scoring import with_parsed_animal
 
 
 # vLLM spawns its engine process, which imports this script again as __mp_main__: only the main
@@ -29,9 +30,6 @@ def main():
         backend = open_backend(snakemake.config["backend"], model_dir, sizing, adapter_dirs, stage="evaluate")
         answers = evaluate_students(backend, students, p.evaluation, p.seed)
     write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
-    table = preference_table(answers, p.animals, p.evaluation["scoring"], size=snakemake.wildcards.size,
-                             condition=p.condition, run=p.run)
-    table.to_csv(snakemake.output.table, index=False)
     write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name, model=p.model,
                      seed=p.seed, evaluation=p.evaluation, adapters=adapter_dirs)
     backend.close()
