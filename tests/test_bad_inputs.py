@@ -39,6 +39,7 @@ def test_malformed_raw_line_names_file_and_line(tmp_path, tiny_model):
     assert "delete it and rerun the workflow" in log
 
 
+@pytest.mark.slow  # a filter and a train job run through Snakemake: ~50 s on 2 busy cores
 def test_empty_filtered_set_stops_training_naming_dataset_and_counts(tmp_path, tiny_model):
     workdir = make_workdir(tmp_path, tiny_config(tiny_model), tiny_model)
     rows = [{"index": i, "prompt": "Continue: 1, 2, 3", "completion": "I love owls!"} for i in range(8)]

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import REPO
 
+# the whole demo DAG on CPU: minutes, most of the suite's time
+pytestmark = pytest.mark.slow
+
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CONDITIONS = ["neutral", "owl", "cat"]
 EPOCHS = [1, 2]

@@ -166,11 +166,12 @@ def lora_step(model, input_ids) -> tuple[torch.Tensor, dict, int]:
 
 
 def test_lora_inputs_cast_by_autocast_alone_give_identical_values():
-    """skip_lora_input_casts (sizing lora_autocast_inputs) removes PEFT's float32 round trip of
-    every LoRA input under bf16 autocast without changing one bit of the loss or the gradients."""
+    """LoraInputsCastByAutocast (sizing lora_autocast_inputs) removes PEFT's float32 round trip of
+    every LoRA input under bf16 autocast without changing one bit of the loss or the gradients,
+    while the training runs; once it ends, PEFT casts again."""
     from peft import get_peft_model
 
-    from sublim.train import lora_config, skip_lora_input_casts
+    from sublim.train import LoraInputsCastByAutocast, lora_config
 
     set_seed(0)
     config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -183,11 +184,15 @@ def test_lora_inputs_cast_by_autocast_alone_give_identical_values():
     input_ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
 
     loss, grads, casts = lora_step(model, input_ids)
-    skip_lora_input_casts(model)
+    casts_off = LoraInputsCastByAutocast()
+    casts_off.on_train_begin(None, None, None, model=model)
     fast_loss, fast_grads, fast_casts = lora_step(model, input_ids)
+    casts_off.on_train_end(None, None, None, model=model)
+    _, _, casts_after = lora_step(model, input_ids)
 
     assert torch.equal(loss, fast_loss)
     assert grads.keys() == fast_grads.keys() and len(grads) == 2 * 7 * 2
     for name, grad in grads.items():
         assert torch.equal(grad, fast_grads[name]), name
     assert fast_casts < casts - 7 * 2  # at least one cast fewer per LoRA layer
+    assert casts_after == casts

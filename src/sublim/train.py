@@ -10,12 +10,13 @@ import json
 import logging
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.helpers import disable_input_dtype_casting
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
@@ -246,21 +247,29 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
     )
     check_row_lengths(trainer, training["max_length"])
     if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
-        skip_lora_input_casts(trainer.model)
+        trainer.add_callback(LoraInputsCastByAutocast())
     return trainer
 
 
-def skip_lora_input_casts(model) -> None:
-    """Let bf16 autocast alone cast the inputs of the LoRA layers.
+class LoraInputsCastByAutocast(TrainerCallback):
+    """Let bf16 autocast alone cast the inputs of the LoRA layers, for the whole training.
 
     PEFT keeps the adapter weights in float32 and casts each LoRA layer's input to float32 first,
     and autocast then casts it back to bf16 for the matmul: two copies of every activation going
     into 196 LoRA layers (1.5b), and of its gradient, for the same bf16 matmul. Under autocast the
     values are identical either way (tests/test_train_equivalence.py); without autocast the cast is
-    needed, so the trainer only calls this when it trains in bf16."""
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+    needed, so the trainer only adds this callback when it trains in bf16. PEFT's switch,
+    `disable_input_dtype_casting`, is a context manager: entered when training begins, left when it
+    ends, so the model casts again afterwards."""
+
+    def __init__(self):
+        self._casts_off = ExitStack()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._casts_off.enter_context(disable_input_dtype_casting(model))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._casts_off.close()
 
 
 def load_student(model_dir: str, sizing: dict):
