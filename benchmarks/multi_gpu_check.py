@@ -91,7 +91,8 @@ def gpu_uuid_of_index(index: str) -> str | None:
 
 def allocator_under_load(cpu: bool, workdir: Path) -> dict:
     """Seven claimants started together on this machine's cards (one card expected)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"),
+                                                                       os.environ.get("PYTHONPATH")])),
            "SUBLIM_GPU_LOCK_DIR": str(workdir / "locks"), "SUBLIM_MPS_DIR": str(workdir / "mps")}
     hold = 1.0 if cpu else 6.0
     plan = [("packed", 1, 1, hold * 1.5)] * 4 + [("whole", 1, 4, hold)] * 2 + [("two-cards", 2, 8, hold)]
