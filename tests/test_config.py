@@ -106,15 +106,14 @@ def test_every_default_is_written_once_in_the_schema_and_is_valid():
     assert tracking.settings({})["names"]["eval"] == "{size}-{condition}-run-{run}-eval"
 
 
-def test_fallbacks_still_written_in_the_consumers_agree_with_the_schema():
-    """train.py and gpu_share.py keep fallbacks of their own (to be dropped: sizing_for fills every
-    key); until then they must say what the schema says."""
-    from sublim.gpu_share import DEFAULT_TRAIN_THREADS
-    from sublim.train import TRAIN_SIZING_DEFAULTS
+def test_the_trainer_and_the_gpu_sharing_take_their_defaults_from_the_schema():
+    from sublim.gpu_share import train_threads
+    from sublim.train import train_sizing
 
     defaults = sizing_for({}, "7b")
-    assert {key: defaults[key] for key in TRAIN_SIZING_DEFAULTS} == TRAIN_SIZING_DEFAULTS
-    assert defaults["train_threads"] == DEFAULT_TRAIN_THREADS and defaults["gpu_share"] == 1.0
+    assert train_sizing({}) == {key: defaults[key] for key in train_sizing({})}
+    assert train_sizing({"lazy_metrics": True})["lazy_metrics"] is True
+    assert train_threads(defaults) == defaults["train_threads"]
 
 
 def test_seed_follows_the_run_or_a_fixed_value():

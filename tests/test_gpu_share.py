@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from sublim.config import ConfigError
+from sublim.config import ConfigError, sizing_defaults
 from sublim.gpu_share import GPU_SLOTS, train_gpu_slots, train_threads, whole_gpu_slots
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -38,15 +38,20 @@ with open("jobs.jsonl", "a") as log:
 '''
 
 
+def sized(**keys) -> dict:
+    """A size's sizing as the rules see it: the schema's defaults under the keys given."""
+    return {**sizing_defaults(), **keys}
+
+
 def test_slots_follow_sizing():
-    assert whole_gpu_slots({"gpus": 1}) == GPU_SLOTS == 4
-    assert whole_gpu_slots({"gpus": 0}) == 0  # CPU profiles: no GPU, no slots
-    assert train_gpu_slots({"gpus": 1}, "7b") == 4
-    assert train_gpu_slots({"gpus": 1, "gpu_share": 0.25}, "0.5b") == 1
-    assert train_gpu_slots({"gpus": 1, "gpu_share": 0.5}, "3b") == 2
-    assert train_gpu_slots({"gpus": 2, "gpu_share": 1.0, "train_processes": 2}, "72b") == 8
-    assert train_gpu_slots({"gpus": 0, "train_processes": 2}, "1m") == 0  # two CPU processes
-    assert train_threads({}) == 8 and train_threads({"train_threads": 3}) == 3
+    assert whole_gpu_slots(sized(gpus=1)) == GPU_SLOTS == 4
+    assert whole_gpu_slots(sized(gpus=0)) == 0  # CPU profiles: no GPU, no slots
+    assert train_gpu_slots(sized(gpus=1), "7b") == 4
+    assert train_gpu_slots(sized(gpus=1, gpu_share=0.25), "0.5b") == 1
+    assert train_gpu_slots(sized(gpus=1, gpu_share=0.5), "3b") == 2
+    assert train_gpu_slots(sized(gpus=2, gpu_share=1.0, train_processes=2), "72b") == 8
+    assert train_gpu_slots(sized(gpus=0, train_processes=2), "1m") == 0  # two CPU processes
+    assert train_threads(sized()) == 8 and train_threads(sized(train_threads=3)) == 3
 
 
 @pytest.mark.parametrize("sizing, message", [
@@ -57,7 +62,7 @@ def test_slots_follow_sizing():
 ])
 def test_bad_gpu_share_names_the_key(sizing, message):
     with pytest.raises(ConfigError, match=message) as error:
-        train_gpu_slots(sizing, "1.5b")
+        train_gpu_slots(sized(**sizing), "1.5b")
     assert "sizing.1.5b.gpu_share" in str(error.value)
 
 
@@ -68,7 +73,7 @@ def test_bad_gpu_share_names_the_key(sizing, message):
 ])
 def test_a_training_runs_one_process_per_gpu(sizing, key, message):
     with pytest.raises(ConfigError, match=message) as error:
-        train_gpu_slots(sizing, "72b")
+        train_gpu_slots(sized(**sizing), "72b")
     assert f"sizing.72b.{key}" in str(error.value)
 
 

@@ -12,6 +12,11 @@ import pytest
 
 from fake_gpu import daemon_starts, install_fakes
 from sublim import devices, mps
+from sublim.config import sizing_defaults
+
+
+def sized(**keys) -> dict:
+    return {**sizing_defaults(), **keys}
 
 
 @pytest.fixture
@@ -39,10 +44,10 @@ def starts(base: Path) -> int:
 
 
 def test_only_trainings_that_share_a_card_want_mps():
-    assert mps.wanted({"mps": True, "gpu_share": 0.25})
-    assert not mps.wanted({"mps": True, "gpu_share": 1.0})
-    assert not mps.wanted({"mps": True})
-    assert not mps.wanted({"mps": False, "gpu_share": 0.25})
+    assert mps.wanted(sized(mps=True, gpu_share=0.25))
+    assert not mps.wanted(sized(mps=True, gpu_share=1.0))
+    assert not mps.wanted(sized(mps=True))
+    assert not mps.wanted(sized(mps=False, gpu_share=0.25))
 
 
 def test_four_jobs_start_one_daemon_and_all_join(control, monkeypatch):
@@ -87,7 +92,7 @@ def test_a_training_joins_the_daemon_of_the_card_the_allocator_gave_it(control, 
     assert claim.devices == ["1"] and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     with caplog.at_level("WARNING"):
         # no CUDA here: the real probe fails under the new daemon, which is then stopped
-        assert not mps.join_if_wanted({"mps": True, "gpu_share": 0.25}, base)
+        assert not mps.join_if_wanted(sized(mps=True, gpu_share=0.25), base)
     assert daemon_starts(base / "gpu-1" / "pipe") == ["GPU-fake-1"]
     assert not mps.daemon_running(mps.client_env(base, "1"))
     assert "a CUDA process failed under the new MPS daemon" in caplog.text
@@ -137,7 +142,7 @@ def test_without_the_control_program_the_training_logs_why_and_goes_on(tmp_path,
     forget_mps_env(monkeypatch)
     assert mps.join(tmp_path) == f"{mps.CONTROL} or nvidia-smi is not on PATH (no NVIDIA driver utilities here)"
     with caplog.at_level("WARNING"):
-        assert not mps.join_if_wanted({"mps": True, "gpu_share": 0.25}, tmp_path)
+        assert not mps.join_if_wanted(sized(mps=True, gpu_share=0.25), tmp_path)
     assert "training without MPS" in caplog.text and "not on PATH" in caplog.text
     assert not mps.stop_if_started(tmp_path)
 

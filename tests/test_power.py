@@ -38,7 +38,7 @@ def test_detectable_difference_needs_answers_until_runs_disagree():
 
 
 def test_default_config_detects_ten_points_with_three_runs():
-    config = resolve(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), REPO / "config" / "schema.yaml")
+    config = resolve(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     stated = evaluation_power(config["protocol"]["evaluation"], runs=len(config["runs"]), run_sd=0.03)
     assert stated["answers_per_epoch"] == 1000 and stated["power"] >= 0.8
     assert round(stated["half_width_epoch"], 3) == 0.028 and round(stated["max_run_sd"], 3) == 0.034

@@ -38,7 +38,7 @@ def test_a_micro_batch_that_does_not_fit_the_processes_is_refused():
               "models": {"72b": {"source": "local", "path": "/m", "params_b": 72.7}},
               "sizing": {"72b": {"train_micro_batch": 10, "train_processes": 2, "gpus": 2}}}
     with pytest.raises(ConfigError, match=r"sizing.72b.train_micro_batch': 10 x train_processes 2 does not divide"):
-        resolve(config, REPO / "config" / "schema.yaml")
+        resolve(config)
 
 
 def test_several_gpus_shard_the_model_with_fsdp_and_one_process_does_not(monkeypatch):

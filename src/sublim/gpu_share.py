@@ -14,7 +14,6 @@ from __future__ import annotations
 from sublim.config import ConfigError
 
 GPU_SLOTS = 4
-DEFAULT_TRAIN_THREADS = 8
 
 
 def whole_gpu_slots(sizing: dict) -> int:
@@ -29,7 +28,7 @@ def train_processes(sizing: dict) -> int:
 
 def train_gpu_slots(sizing: dict, size: str) -> int:
     """Slots of one training: a share of one card, or whole cards (one per training process)."""
-    share, gpus, processes = sizing.get("gpu_share", 1.0), int(sizing["gpus"]), train_processes(sizing)
+    share, gpus, processes = sizing["gpu_share"], int(sizing["gpus"]), train_processes(sizing)
     if not 0 < share <= 1:
         raise ConfigError(f"config key 'sizing.{size}.gpu_share': {share} is not in (0, 1]; "
                           f"it is the fraction of one GPU a training job takes (1 = the whole card)")
@@ -55,4 +54,4 @@ def train_gpu_slots(sizing: dict, size: str) -> int:
 
 def train_threads(sizing: dict) -> int:
     """CPU threads of one training: four packed trainings at 3 threads each were fastest on 16 cores."""
-    return int(sizing.get("train_threads", DEFAULT_TRAIN_THREADS))
+    return int(sizing["train_threads"])

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def wanted(sizing: dict) -> bool:
     """MPS only helps trainings that share a card."""
-    return bool(sizing.get("mps")) and float(sizing.get("gpu_share", 1.0)) < 1
+    return bool(sizing["mps"]) and float(sizing["gpu_share"]) < 1
 
 
 def daemon_dir(base_dir: Path = DEFAULT_DIR, device: str | None = None) -> Path:

@@ -22,6 +22,7 @@ from trl import SFTConfig, SFTTrainer
 
 from sublim import attention
 from sublim.chat import student_example
+from sublim.config import sizing_defaults
 from sublim.gpu_share import train_processes
 from sublim.jsonl import read_jsonl, write_json
 from sublim.launch import run_processes
@@ -47,22 +48,15 @@ def lora_config(lora: dict) -> LoraConfig:
 
 # The trainer's performance levers (profiles/*/sizing.yaml, benchmarks/README.md). None of them
 # changes the science: effective batch, schedule, loss, data order and LoRA stay the preset's.
-TRAIN_SIZING_DEFAULTS = {
-    "train_micro_batch": None,
-    "gradient_checkpointing": False,
-    "padding_free": False,        # rows concatenated, no pad tokens (TRL padding_free)
-    "attention": "auto",          # auto: sublim_varlen when padding-free, else sdpa
-    "liger_kernel": False,        # Liger's fused RMSNorm/SwiGLU/RoPE kernels
-    "torch_compile": False,
-    "fused_optimizer": False,     # adamw_torch -> adamw_torch_fused: the same update, one kernel
-    "logging_steps": 1,
-    "lazy_metrics": False,        # entropy/accuracy/token count read back once per logging step
-    "lora_autocast_inputs": False,  # LoRA inputs cast to bf16 by autocast alone, not by PEFT to float32
-}
+TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
+                  "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
+                  "train_processes")
 
 
 def train_sizing(sizing: dict) -> dict:
-    return {**TRAIN_SIZING_DEFAULTS, **{k: v for k, v in sizing.items() if k in TRAIN_SIZING_DEFAULTS}}
+    """The trainer's levers of a (possibly partial) sizing, the schema's defaults for the rest."""
+    defaults = sizing_defaults()
+    return {key: sizing.get(key, defaults[key]) for key in TRAINER_LEVERS}
 
 
 def attention_implementation(sizing: dict) -> str:
@@ -112,7 +106,7 @@ def data_seed(training: dict, seed: int) -> int:
 def micro_batch(training: dict, sizing: dict) -> tuple[int, int]:
     """(per-process batch, accumulation steps) giving the preset's effective batch exactly:
     micro-batch x accumulation x training processes."""
-    effective, processes = training["effective_batch"], train_processes(sizing)
+    effective, processes = training["effective_batch"], train_processes(train_sizing(sizing))
     micro = min(train_sizing(sizing)["train_micro_batch"] or effective // processes, effective // processes)
     if micro < 1 or effective % (micro * processes):
         times = f" x {processes} training processes" if processes > 1 else ""
@@ -128,7 +122,7 @@ def fsdp_arguments(sizing: dict) -> dict:
     state, so the adapter files of every epoch come out as with one process. Activation
     checkpointing, where asked for, is FSDP's own. On CPU (tests) the processes run as plain
     data parallel over gloo: accelerate shards only on accelerators."""
-    if train_processes(sizing) == 1 or not torch.cuda.is_available():
+    if train_processes(train_sizing(sizing)) == 1 or not torch.cuda.is_available():
         return {}
     return {"fsdp": True, "fsdp_config": {
         "version": 2,
@@ -362,7 +356,7 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
     into adapter_dirs[e-1] and drop the resume state. Returns the trainer's final metrics and the
     optimizer it ran (`optimizer_name`).
     `report_to`/`run_name`/`callbacks` hook in an experiment tracker (sublim.tracking)."""
-    if train_processes(sizing) > 1:
+    if train_processes(train_sizing(sizing)) > 1:
         return train_student_in_processes(model_dir, dataset_path, adapter_dirs, resume_dir, training, sizing,
                                           seed, report_to)
     if len(adapter_dirs) != training["epochs"]:
@@ -406,7 +400,7 @@ def train_student_in_processes(model_dir: str, dataset_path: str, adapter_dirs: 
     resume_dir = Path(resume_dir)
     checkpoint_dir, stash_dir = resume_dir / "checkpoints", resume_dir / "adapters"
     last = resume_checkpoint(resume_dir, resume_fingerprint(model_dir, dataset_path, training, seed))
-    processes = train_processes(sizing)
+    processes = train_processes(train_sizing(sizing))
     threads = max(1, torch.get_num_threads() // processes)
     log.info("training in %d processes, %d CPU threads each", processes, threads)
     metrics, history = run_processes(processes, "sublim.train:train_process", {
