@@ -40,6 +40,11 @@ def wandb_records(path: Path):
 
 
 def run_files(wandb_dir: Path) -> list[Path]:
+    """The run files, once complete: finish() hands the last records to wandb's service process,
+    which writes them when it gets to it; teardown waits for it (a job's exit does the same)."""
+    import wandb
+
+    wandb.teardown()
     return sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
