@@ -251,8 +251,9 @@ def assumptions(m: Measurements) -> list[str]:
         f"({VLLM_EAGER})",
         f"compiled engines (enforce_eager false): the eager rate x {m.compiled_speedup:.2f} (issue 11 at 7b: "
         f"{m.compiled_tokens_per_s:,.0f} tokens/s compiled against the eager record's rate; measured at 128 "
-        f"tokens a request, so an upper bound on the gain) and an engine start {m.compile_cold_s:.0f} s longer for the first job of a "
-        f"size and stage (empty compile cache), {m.compile_warm_s:.0f} s after ({VLLM_COMPILED})",
+        f"tokens a request, so an upper bound on the gain) and an engine start {m.compile_cold_s:.0f} s longer "
+        f"for the first job of a size and stage (empty compile cache), {m.compile_warm_s:.0f} s after "
+        f"({VLLM_COMPILED})",
         f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
@@ -311,7 +312,7 @@ def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[
     start = by_params(points, params, beyond="flat")
     if eager:
         return start.value, f"{start.basis}, eager"
-    return start.value + m.compile_warm_s, f"{start.basis}, compiled (warm cache)"
+    return start.value + m.compile_warm_s, f"{start.basis}, eager, + {m.compile_warm_s:.0f} s to compile (warm cache)"
 
 
 def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
@@ -322,7 +323,8 @@ def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
     tokens = config["protocol"]["generation"]["n_prompts"] * m.completion_tokens
     work = tokens * per_token.value / (1 if eager else m.compiled_speedup)
     start, start_basis = _engine_start(m, m.start_generate, params, eager)
-    basis = {"generate": f"{per_token.basis}, {'eager' if eager else 'compiled'}", "generate engine": start_basis}
+    mode = "eager" if eager else f"eager, x {m.compiled_speedup:.2f} compiled (7b's gain)"
+    basis = {"generate": f"{per_token.basis}, {mode}", "generate engine": start_basis}
     return JobCost("generate", {"generate": work, "engine_start": start * gpus}, start + work / gpus, gpus, basis)
 
 
