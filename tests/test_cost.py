@@ -134,6 +134,7 @@ def test_profile_config_is_merged_as_snakemake_merges_it(tmp_path):
     assert merged["sizing"]["7b"]["max_num_seqs"] == 512  # the earlier file's keys stay
     assert profile_cards(resolve(copy.deepcopy(merged)), profile_settings("profiles/b200", REPO)) == 1
     assert profile_cards(resolve(copy.deepcopy(merged)), profile_settings("profiles/slurm", REPO)) is None
+    assert load_config("profiles/demo", root=REPO)["sizes"] == ["135m"]  # the profile's `configfile:`
 
 
 def test_make_estimate_prints_every_part():

@@ -101,6 +101,8 @@ def test_a_part_done_grid_with_a_failure_and_a_running_job(tmp_path, grid, m):
     log_dir = tmp_path / ".snakemake" / "log"
     log_dir.mkdir(parents=True)
     (log_dir / "2026-12-01T100000.000000.snakemake.log").write_text(RUN_LOG)
+    # a `snakemake --summary` beside the run logs no job
+    (log_dir / "2026-12-01T102000.000000.snakemake.log").write_text("Building DAG of jobs...\n")
     (tmp_path / ".snakemake" / "locks").mkdir()
     (tmp_path / ".snakemake" / "locks" / "0.input.lock").write_text("x\n")
     job_log = tmp_path / "logs" / "train" / "7b" / "eagle" / "run-2.log"

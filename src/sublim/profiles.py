@@ -42,8 +42,9 @@ def merged_config(profile: str | Path | None = None, configfiles: list[str] = ()
     """The config files `snakemake --profile PROFILE [--configfile …]` loads, merged, not yet resolved
     (a command-line --configfile replaces the profile's list, as in Snakemake)."""
     settings = profile_settings(profile, root)
+    listed = settings.get("configfiles") or settings.get("configfile") or []  # Snakemake takes either
     files = [snakefile_configfile(root)]
-    files += [root / f for f in (configfiles or settings.get("configfiles") or [])]
+    files += [root / f for f in (configfiles or ([listed] if isinstance(listed, str) else listed))]
     config: dict = {}
     for path in files:
         config = deep_merge(config, _yaml(path))

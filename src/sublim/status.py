@@ -164,7 +164,7 @@ class State:
     failed: list[Started] = field(default_factory=list)
     snakemake_running: bool = False
     incomplete_markers: int = 0
-    runs_logged: int = 0
+    runs_logged: int = 0  # Snakemake runs that started jobs
 
 
 def read_state(workdir: Path) -> State:
@@ -182,14 +182,16 @@ def read_state(workdir: Path) -> State:
     state.incomplete_markers = sum(1 for p in incomplete.rglob("*") if p.is_file()
                                    and p.name != "migration_underway") if incomplete.exists() else 0
     logs = sorted((meta / "log").glob("*.snakemake.log")) if (meta / "log").exists() else []
-    state.runs_logged = len(logs)
     failures: dict[Job, Started] = {}
-    for number, log in enumerate(logs):
-        for started in read_run_log(log):
-            if started.state == "failed":
-                failures[started.job] = started
-            elif started.state == "running" and number == len(logs) - 1 and started.job not in state.done:
-                (state.running if state.snakemake_running else state.interrupted).append(started)
+    last_run: list[Started] = []  # the last log that started jobs (`--summary`, `--unlock` … start none)
+    for log in logs:
+        started_jobs = read_run_log(log)
+        failures.update({s.job: s for s in started_jobs if s.state == "failed"})
+        last_run = started_jobs or last_run
+        state.runs_logged += bool(started_jobs)
+    for started in last_run:
+        if started.state == "running" and started.job not in state.done:
+            (state.running if state.snakemake_running else state.interrupted).append(started)
     unfinished = {s.job for s in state.running + state.interrupted}
     state.failed = [s for job, s in failures.items() if job not in state.done and job not in unfinished]
     return state
