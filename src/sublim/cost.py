@@ -501,7 +501,8 @@ def row_bytes(completion_tokens: int) -> dict[str, float]:
 
 
 def keep_adapter_epochs(config: dict) -> int:
-    """Epochs whose adapters stay on disk: `keep_adapters` (all, last, or a list of epochs); all when unset."""
+    """How many epochs' adapters stay on disk: `keep_adapters` (all, last, or a list of epochs); all
+    when unset."""
     epochs = config["protocol"]["training"]["epochs"]
     setting = config.get("keep_adapters", "all")
     if setting in (None, "all"):
@@ -509,7 +510,7 @@ def keep_adapter_epochs(config: dict) -> int:
     if setting == "last":
         return 1
     if isinstance(setting, list):
-        return len({e for e in setting if 1 <= int(e) <= epochs} | {epochs})
+        return len({int(e) for e in setting if 1 <= int(e) <= epochs})
     raise ValueError(f"config key 'keep_adapters': {setting!r}; expected all, last or a list of epochs")
 
 
