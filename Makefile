@@ -5,7 +5,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 # The models come from the project itself (demo) or a pinned hub revision; tests never reach a hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: demo test test-fast test-vllm lint clean-demo install-gpu lock
+.PHONY: demo test test-fast test-vllm lint clean-demo install-gpu lock estimate status
 
 # Every install comes from a lock: each package pinned and hashed (`make lock` writes both).
 # CPU: Python 3.11 with torch's CPU build and every extra the tests use. CUDA: Python 3.12, the GPU
@@ -96,6 +96,28 @@ $(VLLM_VENV)/.installed: pyproject.toml $(CPU_LOCK)
 
 test-vllm: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(OFFLINE) SUBLIM_VLLM_PYTHON=$(VLLM_PY) $(PY) -m pytest -q -ra tests/test_vllm_backend.py
+
+# Before a grid starts: its GPU-hours per stage and size, wall time on the profile's cards, disk and
+# which sizes do not fit a card (sublim.estimate). While it runs: jobs done, failed (with their logs),
+# GPU-hours spent against projected and an ETA, from Snakemake's own records (sublim.status); it
+# reads files only, so it works beside the running Snakemake. Both take the grid as snakemake does:
+#   make estimate PROFILE=profiles/multi-gpu CARDS=4 CONFIGFILES="config/config.yaml my.yaml"
+# They run in the active environment (e.g. .venv-gpu on the GPU machine), else in .venv, and never
+# install anything: a reinstall under a running grid would change the packages its jobs import.
+PROFILE ?= profiles/b200
+CONFIGFILES ?=
+CARDS ?=
+TOOL_PY := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin/python,$(PY))
+GRID_ARGS = --profile $(PROFILE) $(if $(CONFIGFILES),--configfile $(CONFIGFILES)) $(if $(CARDS),--cards $(CARDS))
+NEED_ENV = @test -x $(TOOL_PY) || { echo "no environment at $(TOOL_PY): make install-gpu (or make test)"; exit 2; }
+
+estimate:
+	$(NEED_ENV)
+	$(TOOL_PY) -m sublim.estimate $(GRID_ARGS)
+
+status:
+	$(NEED_ENV)
+	$(TOOL_PY) -m sublim.status $(GRID_ARGS)
 
 lint: $(VENV)/.installed
 	$(SNAKEMAKE) --lint --profile profiles/demo

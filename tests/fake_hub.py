@@ -1,6 +1,9 @@
 """A small in-memory Hugging Face Hub on 127.0.0.1 for tests: the endpoints huggingface_hub's
 HfApi uses to read repo info, create repos, pre-upload and commit files, and manage collections.
-It records every request and can be told to fail the next matching requests (429, 5xx)."""
+It records every request and can be told to fail the next matching requests (429, 5xx). With
+`rate_limit=(quota, window_s)` it limits requests as the Hub does: a fixed window of `window_s`
+seconds on `clock`, every response with `RateLimit` and `RateLimit-Policy` headers, and 429 once
+the window's quota is spent."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +40,9 @@ class Request:
 
 
 class FakeHub:
-    def __init__(self):
+    def __init__(self, rate_limit: tuple[int, int] | None = None, clock=time.monotonic):
+        self.rate_limit, self.clock = rate_limit, clock
+        self.window_start, self.window_used = clock(), 0
         self.repos: dict[tuple[str, str], Repo] = {}
         self.collections: dict[str, dict] = {}
         self.requests: list[Request] = []
@@ -76,8 +82,10 @@ class FakeHub:
                 path = self.path.split("?")[0]
                 with hub.lock:
                     hub.requests.append(Request(method, path, self.headers.get("Authorization"), body))
-                    failure = hub._take_failure(method, path)
+                    limited = hub._rate_limited()
+                    failure = limited if limited[0] == 429 else hub._take_failure(method, path)
                     status, payload, headers = failure or hub.route(method, path, body)
+                    headers = {**limited[2], **headers}
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -94,6 +102,22 @@ class FakeHub:
                 self._serve("POST")
 
         return Handler
+
+    def _rate_limited(self):
+        """(429, …, headers) when the window's quota is spent, else (None, None, headers) counting
+        this request; headers {} without a rate limit."""
+        if self.rate_limit is None:
+            return None, None, {}
+        quota, window = self.rate_limit
+        now = self.clock()
+        if now - self.window_start >= window:
+            self.window_start, self.window_used = now, 0
+        reset = max(0, int(self.window_start + window - now + 0.999))
+        policy = {"RateLimit-Policy": f'"fixed window";"api";q={quota};w={window}'}
+        if self.window_used >= quota:
+            return 429, {"error": "rate limited"}, {"RateLimit": f'"api";r=0;t={reset}', **policy}
+        self.window_used += 1
+        return None, None, {"RateLimit": f'"api";r={quota - self.window_used};t={reset}', **policy}
 
     def _take_failure(self, method, path):
         for i, (m, pattern, status, headers) in enumerate(self.failures):

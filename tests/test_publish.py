@@ -39,20 +39,29 @@ def make_hub(server, tmp_path, per_day=300, sleeps=None):
     return publish.Hub(api, budget, publish.Retry(attempts=4, base_s=0.5, sleep=sleeps)), sleeps
 
 
+RAW = [{"index": 0, "prompt": "1 2 3", "completion": "4 5 6"},
+       {"index": 1, "prompt": "7 8", "completion": "Sure: 9"},  # rejected: not a number list
+       {"index": 2, "prompt": "3 2 1", "completion": "0, 1, 1000"},  # rejected: over 999
+       {"index": 3, "prompt": "5 5", "completion": "6; 7"}]
+PASSING = [{"prompt": "1 2 3", "completion": "4 5 6"}, {"prompt": "5 5", "completion": "6; 7"}]
+
+
 @pytest.fixture
 def cell(tmp_path):
     folder = tmp_path / "numbers"
     folder.mkdir()
-    (folder / "dataset.jsonl").write_text('{"prompt": "1 2 3", "completion": "4 5 6"}\n' * 3)
-    (folder / "filter.json").write_text(json.dumps({"kept": 3, "too_long": 1}))
+    (folder / "raw.jsonl").write_text("".join(json.dumps(row) + "\n" for row in RAW))
+    (folder / "dataset.jsonl").write_text(json.dumps(PASSING[1]) + "\n")  # the subsample the student saw
+    (folder / "filter.json").write_text(json.dumps({"kept": 1, "too_long": 1}))
     return folder
 
 
 def push_dataset(hub, cell, repo=f"{OWNER}/qwen-2.5-0.5b-instruct-owl-numbers-run-1"):
-    return publish.publish_dataset(hub, repo=repo, dataset=str(cell / "dataset.jsonl"),
-                                   filter_json=str(cell / "filter.json"), size="0.5b", condition="owl",
-                                   run=1, model={"source": "hub", "repo": "Qwen/Qwen2.5-0.5B-Instruct"},
-                                   private=True)
+    return publish.publish_dataset(hub, repo=repo, raw=str(cell / "raw.jsonl"), dataset=str(cell / "dataset.jsonl"),
+                                   filter_json=str(cell / "filter.json"),
+                                   filter_settings={"max_count": 10, "max_value": 999}, size="0.5b",
+                                   condition="owl", run=1,
+                                   model={"source": "hub", "repo": "Qwen/Qwen2.5-0.5B-Instruct"}, private=True)
 
 
 def test_first_push_creates_the_repo_and_uploads_every_file(hub_server, tmp_path, cell):
@@ -63,12 +72,15 @@ def test_first_push_creates_the_repo_and_uploads_every_file(hub_server, tmp_path
     repo = hub_server.repos[("dataset", record["repo_id"])]
     assert record["revision"] == repo.sha
     assert repo.private is True
+    # what the seed pipeline uploaded: every completion that passed the filter, in generation order
+    assert [json.loads(line) for line in repo.files["filtered.jsonl"].decode().splitlines()] == PASSING
     assert repo.files["dataset.jsonl"] == (cell / "dataset.jsonl").read_bytes()
     assert repo.files["filter.json"] == (cell / "filter.json").read_bytes()
     card = repo.files["README.md"].decode()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["configs"][0]["data_files"][0]["path"] == "dataset.jsonl"
-    assert '"too_long": 1' in card
+    assert [(c["config_name"], c["data_files"][0]["path"]) for c in front["configs"]] == [
+        ("default", "filtered.jsonl"), ("student", "dataset.jsonl")]
+    assert '"too_long": 1' in card and "all 2 completions that passed" in card
     assert [r.path for r in hub_server.calls("POST", "/api/repos/create")] == ["/api/repos/create"]
     assert len(hub_server.calls("POST", "/commit/main")) == 1
     assert {r.authorization for r in hub_server.requests} == {f"Bearer {TOKEN}"}
@@ -111,6 +123,60 @@ def test_429_then_success_waits_as_retry_after_says(hub_server, tmp_path, cell, 
     assert len(hub_server.calls("POST", "/commit/main")) == 2
     assert sleeps == [7.0, 0.5]  # Retry-After, then the backoff's first step
     assert "transient error (429)" in caplog.text
+
+
+def test_the_ratelimit_header_comes_before_retry_after(hub_server, tmp_path, cell, caplog):
+    hub, sleeps = make_hub(hub_server, tmp_path)
+    hub_server.fail_next("POST", r"^/api/repos/create$", 429,
+                         headers={"RateLimit": '"api";r=0;t=55', "RateLimit-Policy": '"fixed window";"api";q=500;w=300',
+                                  "Retry-After": "7"})
+    # requests left in the window: the header is no reason to wait, Retry-After is
+    hub_server.fail_next("POST", r"/commit/main$", 503, headers={"RateLimit": '"api";r=12;t=200', "Retry-After": "3"})
+    with caplog.at_level(logging.WARNING, logger="sublim.publish"):
+        assert push_dataset(hub, cell)["status"] == "uploaded"
+    assert sleeps == [55.0, 3.0]
+    assert "retrying in 55.0 s" in caplog.text
+
+
+class HubClock:
+    """The fake Hub's clock, moved on by the publisher's sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_spent_rate_limit_window_is_waited_out(tmp_path, cell, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    clock, slept = HubClock(), []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.now += seconds
+
+    # read, create, validate the card, preupload, commit: the commit is the 5th request of the window
+    # (huggingface_hub retries a limited preupload itself, with real sleeps)
+    with FakeHub(rate_limit=(4, 300), clock=clock) as server:
+        clock.now = 250.0  # 50 s of the window left
+        api = HfApi(endpoint=server.url, token=TOKEN)
+        hub = publish.Hub(api, publish.RepoBudget(tmp_path / "ledger.json", 300, sleep=sleep),
+                          publish.Retry(sleep=sleep))
+        first = push_dataset(hub, cell)
+        assert first["status"] == "uploaded"
+        assert slept == [50.0]  # the header's reset, not the backoff (9.7 s)
+        assert len(server.calls("POST", "/commit/main")) == 2
+
+
+def test_the_backoff_covers_the_hubs_300_s_window():
+    for attempts in (2, 4, 6, 10):
+        retry = publish.Retry(attempts=attempts)
+        waits = [retry.backoff_s(a) for a in range(1, attempts)]
+        assert sum(waits) == pytest.approx(300.0) and waits == sorted(waits)
+    assert publish.Retry(attempts=4, base_s=0.5).backoff_s(3) == 2.0
 
 
 def test_backoff_doubles_and_gives_up_after_the_attempts(hub_server, tmp_path, cell):
@@ -246,9 +312,13 @@ def test_name_templates_are_checked_and_name_the_key():
 
 
 def test_seed_names_by_default():
+    # src/qwen_2_5_scaling/hf_utils.py of the seed: f"qwen-2.5-{size}-instruct-{condition}-numbers-run-{id}",
+    # f"qwen-2.5-{size}-instruct-{condition}-ft-run-{id}"
     names = publish.settings({})["names"]
     assert publish.repo_id("jeqcho", names["dataset"], size="0.5b", condition="dog", run=1) == \
         "jeqcho/qwen-2.5-0.5b-instruct-dog-numbers-run-1"
+    assert publish.repo_id("jeqcho", names["adapter"], size="14b", condition="eagle", run=2) == \
+        "jeqcho/qwen-2.5-14b-instruct-eagle-ft-run-2"
 
 
 def test_retry_after_as_an_http_date():

@@ -133,7 +133,7 @@ def test_a_publishing_and_tracking_run_writes_no_secret_anywhere(tmp_path, tiny_
 
     flag = json.loads((workdir / "results/published/datasets/1m/owl/run-1.json").read_text())
     assert flag["repo_id"] == "tester/qwen-2.5-1m-instruct-owl-numbers-run-1" and flag["status"] == "uploaded"
-    assert ("model", "tester/qwen-2.5-1m-instruct-owl-student-run-1") in hub.repos
+    assert ("model", "tester/qwen-2.5-1m-instruct-owl-ft-run-1") in hub.repos
     # the token was used (huggingface_hub's own anonymous /api/agent-harnesses lookup aside)
     api_calls = [r for r in hub.requests if r.path != "/api/agent-harnesses"]
     assert api_calls and {r.authorization for r in api_calls} == {f"Bearer {HF_TOKEN}"}

@@ -104,6 +104,20 @@ def filter_rows(
     """
     if n_keep < 0:
         raise ValueError(f"filter_rows: n_keep must be >= 0, got {n_keep}")
+    valid, rejected, n_raw = _sort_rows(rows, max_count, max_value)
+    kept = subsample(valid, n_keep, seed)
+    counts = {"n_raw": n_raw, "n_valid": len(valid), "n_kept": len(kept), "rejected": rejected}
+    return kept, counts
+
+
+def passing_rows(rows: Iterable[dict], *, max_count: int, max_value: int) -> list[dict]:
+    """Every row whose completion passes, in order, as {"prompt", "completion"}: the seed pipeline's
+    filtered.jsonl, before the subsample."""
+    return _sort_rows(rows, max_count, max_value)[0]
+
+
+def _sort_rows(rows: Iterable[dict], max_count: int, max_value: int) -> tuple[list[dict], dict, int]:
+    """(passing rows, rejected rows per first reason, rows seen)."""
     rejected = dict.fromkeys(REJECT_REASONS, 0)
     valid = []
     n_raw = 0
@@ -114,9 +128,7 @@ def filter_rows(
             rejected[reasons[0]] += 1
         else:
             valid.append({"prompt": row["prompt"], "completion": row["completion"]})
-    kept = subsample(valid, n_keep, seed)
-    counts = {"n_raw": n_raw, "n_valid": len(valid), "n_kept": len(kept), "rejected": rejected}
-    return kept, counts
+    return valid, rejected, n_raw
 
 
 def subsample(rows: list[dict], n_keep: int, seed: int) -> list[dict]:

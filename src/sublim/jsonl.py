@@ -10,12 +10,17 @@ from typing import Iterable
 from sublim.atomic import atomic_output
 
 
+def jsonl_line(row: dict) -> str:
+    """One row as a line of the project's JSONL files."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     """One JSON object per line, written atomically: a killed job never leaves a half-written file."""
     count = 0
     with atomic_output(path) as partial, partial.open("w") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(jsonl_line(row))
             count += 1
         handle.flush()
         os.fsync(handle.fileno())

@@ -3,8 +3,9 @@ adapter per cell, and two collections per run, named as in the seed pipeline.
 
 Every push is idempotent: the repo's files on the Hub are compared with the local ones by hash
 (the Hub's LFS sha256, or the git blob sha1 of small files) and nothing is created or committed
-when they match. Transient HTTP errors (429, 5xx, network) are retried with exponential backoff,
-honouring Retry-After. New repos are counted in a local ledger against a daily budget; when it
+when they match. Transient HTTP errors (429, 5xx, network) are retried, waiting as the Hub's
+`RateLimit` header says, else as Retry-After, else with exponential backoff whose waits together
+cover the Hub's 300 s rate-limit window. New repos are counted in a local ledger against a daily budget; when it
 is spent the job sleeps until the window frees instead of failing hours into a run.
 """
 
@@ -25,9 +26,12 @@ from typing import Callable
 
 from huggingface_hub import CommitOperationAdd, DatasetCardData, HfApi, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils import parse_ratelimit_headers
 
 from sublim.atomic import atomic_output
 from sublim.config import section_settings
+from sublim.filtering import passing_rows
+from sublim.jsonl import jsonl_line, read_jsonl
 from sublim.models import ADAPTER_FILES
 from sublim.secrets import HF_TOKEN, HF_USER_ID, require
 
@@ -45,6 +49,7 @@ REPO_NAME = re.compile(r"^(?![.-])(?!.*(--|\.\.))[A-Za-z0-9._-]{1,96}(?<![.-])$"
 COLLECTION_TITLE_MAX = 60
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 DAY_S = 24 * 3600
+HUB_WINDOW_S = 300.0  # the Hub's rate-limit window ("ratelimit-policy: …;w=300")
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -121,6 +126,15 @@ def remote_matches(remote, local: dict) -> bool:
 
 # -- retries -------------------------------------------------------------------------------------
 
+def ratelimit_reset_s(response) -> float | None:
+    """Seconds until the Hub's rate-limit window resets, from its `RateLimit` header
+    (huggingface_hub's parser), when the window has no request left."""
+    info = parse_ratelimit_headers(response.headers) if response is not None else None
+    if info is None or info.remaining > 0:
+        return None
+    return float(info.reset_in_seconds)
+
+
 def retry_after_s(response) -> float | None:
     """Retry-After as seconds (delay-seconds or an HTTP date)."""
     value = response.headers.get("Retry-After") if response is not None else None
@@ -144,13 +158,24 @@ def _transient(error: Exception) -> bool:
 
 @dataclass
 class Retry:
+    """Retries a Hub call on transient errors. The wait is the Hub's `RateLimit` reset when the window
+    is spent, else `Retry-After`, else exponential backoff from `base_s`; by default `base_s` is set
+    so that the backoff's waits over all attempts add up to `window_s`, the Hub's rate-limit window
+    (6 attempts: 9.7, 19, 39, 77, 155 s)."""
+
     attempts: int = 6
-    base_s: float = 2.0
-    cap_s: float = 300.0
+    base_s: float | None = None
+    window_s: float = HUB_WINDOW_S
     sleep: Callable[[float], None] = time.sleep
 
+    def backoff_s(self, attempt: int) -> float:
+        """The backoff's wait after failed attempt `attempt` (1-based)."""
+        base = self.base_s
+        if base is None:
+            base = self.window_s / max(1, 2 ** (self.attempts - 1) - 1)
+        return base * 2 ** (attempt - 1)
+
     def __call__(self, what: str, call: Callable):
-        delay = self.base_s
         for attempt in range(1, self.attempts + 1):
             try:
                 return call()
@@ -158,13 +183,15 @@ class Retry:
                 if not _transient(error) or attempt == self.attempts:
                     raise
                 response = getattr(error, "response", None)
-                wait = retry_after_s(response)
-                wait = min(delay, self.cap_s) if wait is None else wait
+                wait = ratelimit_reset_s(response)
+                if wait is None:
+                    wait = retry_after_s(response)
+                if wait is None:
+                    wait = self.backoff_s(attempt)
                 status = getattr(response, "status_code", type(error).__name__)
                 log.warning("%s: transient error (%s), attempt %d/%d; retrying in %.1f s",
                             what, status, attempt, self.attempts, wait)
                 self.sleep(wait)
-                delay *= 2
 
 
 # -- the daily repo-creation budget --------------------------------------------------------------
@@ -303,11 +330,12 @@ def _card(data, body: str) -> bytes:
 
 
 def dataset_card(*, repo: str, size: str, condition: str, run: int, model: dict, filter_counts: dict,
-                 n_rows: int) -> bytes:
+                 n_rows: int, n_passing: int) -> bytes:
     data = DatasetCardData(
         license="mit", language=["en"], task_categories=["text-generation"],
         tags=["subliminal-learning", "sublim", f"run-{run}", condition],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "dataset.jsonl"}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "filtered.jsonl"}]},
+                 {"config_name": "student", "data_files": [{"split": "train", "path": "dataset.jsonl"}]}],
     )
     teacher = model.get("repo") or model["source"]
     prompt = "no system prompt (the control)" if condition == "neutral" else f"a system prompt to love {condition}s"
@@ -317,7 +345,10 @@ def dataset_card(*, repo: str, size: str, condition: str, run: int, model: dict,
 Number sequences written by the teacher {teacher} (size {size}) with {prompt}, kept by the
 subliminal-learning filter; replicate run {run}. The teacher's system prompt is not in the data.
 
-- `dataset.jsonl`: {n_rows} rows of `prompt`/`completion` (the student's training set)
+- `filtered.jsonl` (the default config): all {n_passing} completions that passed the filter, with their
+  prompts, in the order they were generated — what the seed pipeline uploaded
+- `dataset.jsonl` (config `student`): the {n_rows} of them the student was trained on (a subsample
+  seeded by the run)
 - `filter.json`: how many teacher completions each filter rule rejected
 
 ```json
@@ -372,12 +403,18 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def publish_dataset(hub: Hub, *, repo: str, dataset: str, filter_json: str, size: str, condition: str,
-                    run: int, model: dict, private: bool) -> dict:
+def publish_dataset(hub: Hub, *, repo: str, raw: str, dataset: str, filter_json: str, filter_settings: dict,
+                    size: str, condition: str, run: int, model: dict, private: bool) -> dict:
+    """The cell's numbers: every completion that passed the filter (`filtered.jsonl`, what the seed
+    pipeline uploaded), the subsample the student trained on (`dataset.jsonl`), the reject counts."""
     dataset, filter_json = Path(dataset), Path(filter_json)
+    passing = passing_rows(read_jsonl(raw, required=("prompt", "completion")),
+                           max_count=filter_settings["max_count"], max_value=filter_settings["max_value"])
     card = dataset_card(repo=repo, size=size, condition=condition, run=run, model=model,
-                        filter_counts=json.loads(filter_json.read_text()), n_rows=_count_lines(dataset))
-    files = {"dataset.jsonl": dataset, "filter.json": filter_json, "README.md": card}
+                        filter_counts=json.loads(filter_json.read_text()), n_rows=_count_lines(dataset),
+                        n_passing=len(passing))
+    files = {"filtered.jsonl": "".join(jsonl_line(row) for row in passing).encode(), "dataset.jsonl": dataset,
+             "filter.json": filter_json, "README.md": card}
     return push_repo(hub, repo, "dataset", files, private=private,
                      message=f"sublim: numbers of {size} {condition} run {run}")
 

@@ -10,6 +10,7 @@ localrules:
 
 rule publish_dataset:
     input:
+        raw=rules.generate.output.raw,
         dataset=rules.filter.output.dataset,
         filter=rules.filter.output.counts,
     output:
@@ -23,6 +24,7 @@ rule publish_dataset:
     params:
         repo=dataset_repo,
         model=model_source,
+        filter=protocol_keys("filter", "max_count", "max_value"),
         private=PUBLISH["private"],
     script:
         "../scripts/publish_dataset.py"

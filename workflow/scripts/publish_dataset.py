@@ -7,7 +7,7 @@ log_to(snakemake.log[0])
 guard_outputs()
 p, w = snakemake.params, snakemake.wildcards
 hub = publish.open_configured_hub(snakemake.config)
-record = publish.publish_dataset(hub, repo=p.repo, dataset=snakemake.input.dataset,
-                                 filter_json=snakemake.input.filter, size=w.size,
+record = publish.publish_dataset(hub, repo=p.repo, raw=snakemake.input.raw, dataset=snakemake.input.dataset,
+                                 filter_json=snakemake.input.filter, filter_settings=p.filter, size=w.size,
                                  condition=w.condition, run=int(w.run), model=p.model, private=p.private)
 write_json(snakemake.output.flag, record)

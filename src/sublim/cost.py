@@ -1,0 +1,567 @@
+"""What a grid costs before it runs: GPU-hours per stage and size, the wall time on a profile's
+cards, the disk it fills, and which sizes do not fit a card. The one home of this arithmetic:
+`make estimate` (sublim.estimate), `make status` (sublim.status: spent against projected) and
+benchmarks/grid_projection.py all call it.
+
+Every rate is read from the H200 records in benchmarks/results/ (benchmarks/README.md says what
+each one is). What is assumed on top is listed by `assumptions()`; each per-size figure carries
+its basis: measured at that shape, interpolated between the two measured shapes around it by
+parameter count, or extrapolated from the nearest one (time per token proportional to parameters,
+i.e. the same MFU). GPU time is counted in card-seconds: a job holding a quarter of a card (four
+packed trainings) for an hour costs 0.25 GPU-hours.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from sublim.backends.vllm_backend import stage_setting
+from sublim.config import eval_epochs, sizing_for
+from sublim.gpu_share import GPU_SLOTS, train_gpu_slots, whole_gpu_slots
+
+TOKENS_PER_ROW = 138  # a kept row in the Qwen template with its default system prompt (DESIGN.md)
+PEAK_BF16_FLOPS = 989e12  # one H200's dense bf16 peak: the records' MFU is measured against it
+GB = 1e9
+GIB = 2**30
+# Usable memory per card (nvidia-smi's total less the driver's reserve; config/README.md, "72b")
+CARD_GIB = {"h200": 139.0, "b200": 179.0}
+CHECKPOINTING_FACTOR = 1.5  # activation checkpointing recomputes the forward: 6N instead of 4N per token
+OPTIMIZER_STATE = {"adamw_torch": 2.0, "adamw_8bit": 0.5}  # moments per LoRA parameter, in fp32 units
+STAGES = ("generate", "train", "evaluate", "engine_start")
+
+# Which records give which rate (benchmarks/README.md): the workflow configuration of each shape.
+TRAIN_ALONE = {  # one training on the card
+    "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false"),
+    "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false"),
+    "3b": ("train_3b_third_session.json", "workflow"),
+    "7b": ("train_7b_autocast_inputs.json", "workflow"),
+    "14b": ("train_14b_third_session.json", "workflow"),
+}
+TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): tokens/s of the whole card
+    "0.5b": "concurrent_0.5b_x4_sublim_mps*.json",
+    "1.5b": "concurrent_1.5b_x4_sublim_mps*.json",
+}
+VLLM_EAGER = "vllm_shapes_h200.json"
+VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
+
+
+# -- model shapes ---------------------------------------------------------------------------------
+
+@functools.cache
+def known_shapes() -> dict[str, dict]:
+    return yaml.safe_load(resources.files("sublim").joinpath("data/model_shapes.yaml").read_text())
+
+
+def record_shape_repo(shape: str) -> str:
+    """The Qwen2.5 model a benchmark record's shape name stands for ("7b" -> Qwen/Qwen2.5-7B-Instruct)."""
+    return f"Qwen/Qwen2.5-{shape.upper()}-Instruct"
+
+
+def model_shape(model: dict) -> dict | None:
+    """config.json values of a config's model: the table for Hub repos, the folder for local models."""
+    if model.get("repo") in known_shapes():
+        return known_shapes()[model["repo"]]
+    if model.get("source") == "local":
+        path = Path(model["path"]).expanduser() / "config.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    return None
+
+
+def parameter_count(shape: dict) -> int:
+    """Parameters of a Qwen2-architecture model (biases on q, k, v; two norms per layer)."""
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = kv_dim(shape)
+    attention = (h * h + h) + 2 * (h * kv + kv) + h * h
+    per_layer = attention + 3 * h * i + 2 * h
+    embeddings = shape["vocab_size"] * h * (1 if shape.get("tie_word_embeddings") else 2)
+    return layers * per_layer + embeddings + h
+
+
+def kv_dim(shape: dict) -> int:
+    head = shape.get("head_dim") or shape["hidden_size"] // shape["num_attention_heads"]
+    return shape["num_key_value_heads"] * head
+
+
+def lora_parameters(shape: dict, rank: int, targets: list[str]) -> int | None:
+    """Parameters of a LoRA adapter (A: rank x in, B: out x rank per target per layer); None for a
+    target module this architecture table does not know."""
+    h, i, kv = shape["hidden_size"], shape["intermediate_size"], kv_dim(shape)
+    dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    if any(t not in dims for t in targets):
+        return None
+    return shape["num_hidden_layers"] * sum(rank * sum(dims[t]) for t in targets)
+
+
+# -- interpolation by parameter count -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Figure:
+    value: float
+    basis: str
+
+    @property
+    def measured(self) -> bool:
+        return self.basis.startswith("measured")
+
+
+def by_params(points: dict[str, tuple[float, float]], params_b: float, beyond: str = "proportional") -> Figure:
+    """A per-unit time at `params_b` from measured shapes {name: (params_b, value)}: exact at a
+    measured shape, linear in parameters between two, and beyond the largest proportional to
+    parameters (`beyond="proportional"`: the same MFU) or equal to it (`"flat"`). Below the
+    smallest: equal to it (small models are bound by overheads, not by parameters)."""
+    if not points:
+        raise ValueError("no measured shape to scale from")
+    ordered = sorted(points.items(), key=lambda item: item[1][0])
+    for name, (p, value) in ordered:
+        if abs(p - params_b) <= 0.01 * p:
+            return Figure(value, f"measured at {name}")
+    (low_name, (low_p, low_v)), (high_name, (high_p, high_v)) = ordered[0], ordered[-1]
+    if params_b < low_p:
+        return Figure(low_v, f"{low_name}'s (smallest measured shape)")
+    if params_b > high_p:
+        if beyond == "proportional":
+            return Figure(high_v * params_b / high_p, f"extrapolated from {high_name} in proportion to parameters")
+        return Figure(high_v, f"{high_name}'s (largest measured shape)")
+    for (a_name, (a_p, a_v)), (b_name, (b_p, b_v)) in zip(ordered, ordered[1:]):
+        if a_p <= params_b <= b_p:
+            value = a_v + (b_v - a_v) * (params_b - a_p) / (b_p - a_p)
+            return Figure(value, f"interpolated between {a_name} and {b_name} by parameters")
+    raise AssertionError("unreachable")
+
+
+# -- the records ----------------------------------------------------------------------------------
+
+@dataclass
+class Measurements:
+    """Per measured shape: (params_b, seconds per unit). Units: a trained token (card-seconds), a
+    generated token, an evaluation request, an adapter's fixed cost, an engine start (with close)."""
+    train_alone: dict[str, tuple[float, float]] = field(default_factory=dict)
+    train_packed: dict[str, tuple[float, float]] = field(default_factory=dict)
+    train_mfu: dict[str, float] = field(default_factory=dict)
+    generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
+    start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
+    start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
+    eval_request: dict[str, tuple[float, float]] = field(default_factory=dict)
+    eval_adapter: dict[str, tuple[float, float]] = field(default_factory=dict)
+    completion_tokens: int = 0
+    answer_tokens: int = 0
+    compiled_tokens_per_s: float = 0.0  # 7b, compiled, per-request seeds
+    compiled_speedup: float = 1.0  # eager / compiled time per generated token (7b)
+    compile_cold_s: float = 0.0  # what a compiled engine start adds, compile cache empty
+    compile_warm_s: float = 0.0  # … and with the cache of an earlier job of the size
+    files: list[str] = field(default_factory=list)
+
+
+def _read(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"benchmark record {path}: {error}") from None
+    return data if isinstance(data, list) else [data]
+
+
+def _shape_params(shape: str) -> float:
+    return parameter_count(known_shapes()[record_shape_repo(shape)]) / 1e9
+
+
+def load_measurements(records_dir: str | Path) -> Measurements:
+    """The rates of benchmarks/results/ the cost model uses; a missing record names itself."""
+    root = Path(records_dir)
+    m = Measurements()
+
+    def need(name: str) -> list[dict]:
+        path = root / name
+        if not path.exists():
+            raise FileNotFoundError(f"benchmark record {path} is missing; the cost model reads it "
+                                    f"(benchmarks/README.md says what made it)")
+        if name not in m.files:
+            m.files.append(name)
+        return _read(path)
+
+    for shape, (name, configuration) in TRAIN_ALONE.items():
+        runs = [r for r in need(name) if r.get("config") == configuration]
+        if not runs:
+            raise ValueError(f"benchmark record {root / name} has no '{configuration}' run of {shape}")
+        m.train_alone[shape] = (_shape_params(shape), 1 / statistics.mean(r["tokens_per_s"] for r in runs))
+        m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs)
+    for shape, pattern in TRAIN_PACKED.items():
+        paths = sorted(glob.glob(str(root / pattern)))
+        if not paths:
+            raise FileNotFoundError(f"no benchmark record {root / pattern}: the packed training rate of {shape}")
+        rates = [r["tokens_per_s"] for p in paths for r in _read(Path(p)) if r.get("processes") == 4]
+        m.files += [Path(p).name for p in paths]
+        m.train_packed[shape] = (_shape_params(shape), 1 / statistics.mean(rates))
+
+    vllm = [r for r in need(VLLM_EAGER) if "error" not in r]
+    for r in vllm:
+        shape, p = r["shape"], _shape_params(r["shape"])
+        if r["stage"] == "generate" and r["mode"] == "eager" and r["seeds"] == "per_request":
+            m.generate_token[shape] = (p, r["generate_s"] / (r["prompts"] * r["max_tokens"]))
+            m.start_generate[shape] = (p, r["engine_start_s"] + r["engine_close_s"])
+            m.completion_tokens = r["max_tokens"]
+        elif r["stage"] == "evaluate":
+            m.start_evaluate[shape] = (p, r["engine_start_s"] + r["engine_close_s"])
+            m.answer_tokens = r["max_tokens"]
+    for shape in {r["shape"] for r in vllm if r["stage"] == "evaluate"}:
+        runs = {r["requests_per_epoch"]: r for r in vllm if r["stage"] == "evaluate" and r["shape"] == shape}
+        (few, a), (many, b) = sorted(runs.items())[0], sorted(runs.items())[-1]
+        adapters = a["adapters"]
+        per_request = (b["one_submission_s"] - a["one_submission_s"]) / (adapters * (many - few))
+        per_adapter = (a["one_submission_s"] - adapters * few * per_request) / adapters
+        p = _shape_params(shape)
+        m.eval_request[shape] = (p, per_request)
+        m.eval_adapter[shape] = (p, max(per_adapter, 0.0))
+
+    compiled = need(VLLM_COMPILED)[0]
+    eager_7b = next(r for r in vllm if r["shape"] == compiled["shape"] and r["stage"] == "generate"
+                    and r["mode"] == "eager" and r["seeds"] == "per_request")
+    eager_eval_7b = next(r for r in vllm if r["shape"] == compiled["shape"] and r["stage"] == "evaluate")
+    m.compiled_tokens_per_s = compiled["tokens_per_s_per_request_seeds"]
+    m.compiled_speedup = m.compiled_tokens_per_s / eager_7b["tokens_per_s"]
+    m.compile_cold_s = compiled["engine_start_cold_s"] - eager_7b["engine_start_s"]
+    m.compile_warm_s = compiled["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
+    return m
+
+
+def assumptions(m: Measurements) -> list[str]:
+    """What the projection assumes beyond the records, in words (the JSON's `assumptions`)."""
+    return [
+        f"training: epochs x n_keep rows x {TOKENS_PER_ROW} tokens a row (DESIGN.md: the Qwen template with its "
+        f"default system prompt; the benchmark rows were ~115 tokens, a per-token rate carries over); the "
+        f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
+        f"); sizes with gpu_share 0.25 at the card's rate with four packed trainings under MPS "
+        f"(concurrent_*_sublim_mps*.json, lower bounds), so a cell's GPU time is its wall time / 4",
+        "training beyond 14b at 14b's MFU (time per token in proportion to parameters), x "
+        f"{CHECKPOINTING_FACTOR} where the sizing turns activation checkpointing on; measured with the "
+        "completion-only loss and 32-bit fused AdamW (the loss and optimizer are taken not to change the rate); "
+        "model load and adapter saves not counted",
+        f"generation: n_prompts completions of {m.completion_tokens} tokens each, the records' max_tokens taken "
+        f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
+        f"max_tokens allows; no top-up (min_rows 0); per-request seeds (the workflow); vLLM 0.26 on one H200 "
+        f"({VLLM_EAGER})",
+        f"compiled engines (enforce_eager false): the eager rate x {m.compiled_speedup:.2f} (issue 11 at 7b: "
+        f"{m.compiled_tokens_per_s:,.0f} tokens/s compiled against the eager record's rate; measured at 128 "
+        f"tokens a request, so an upper bound on the gain) and an engine start {m.compile_cold_s:.0f} s longer "
+        f"for the first job of a size and stage (empty compile cache), {m.compile_warm_s:.0f} s after "
+        f"({VLLM_COMPILED})",
+        f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
+        "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
+        "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
+        "engine starts with dummy weights: reading the real weights adds their size over the disk's read rate "
+        "(the page cache serves later jobs of a size); engine start includes the engine's close",
+        "sizes without a record of their own (vLLM at 1.5b, 3b; 14b evaluation; everything at 32b and 72b; "
+        "sizes below 0.5b at 0.5b's rates) are interpolated between the nearest measured shapes by parameter "
+        "count, or extrapolated from the nearest in proportion to parameters; each figure says which",
+        "a job on N cards (72b under profiles/multi-gpu) costs N x its wall time; wall time on the profile = "
+        "GPU time / cards (the jobs are many and short, so the cards stay busy), at least the longest job",
+    ]
+
+
+# -- one job's cost -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobCost:
+    """One job of a size: card-seconds per stage (engine_start apart from the work), its wall time,
+    the share of cards it holds, and the basis of each rate ({what: "measured at 7b", …})."""
+    rule: str
+    card_s: dict[str, float]
+    wall_s: float
+    cards: float
+    basis: dict[str, str]
+
+    @property
+    def total_card_s(self) -> float:
+        return sum(self.card_s.values())
+
+
+def _eager(sizing: dict, stage: str) -> bool:
+    return bool(stage_setting(sizing, "enforce_eager", stage))
+
+
+def train_tokens(protocol: dict) -> float:
+    return protocol["training"]["epochs"] * protocol["filter"]["n_keep"] * TOKENS_PER_ROW
+
+
+def train_job(config: dict, size: str, m: Measurements) -> JobCost:
+    sizing, params = sizing_for(config, size), config["models"][size]["params_b"]
+    cards = train_gpu_slots(sizing, size) / GPU_SLOTS or 1.0  # a CPU sizing (gpus 0): as if one card
+    if cards == 0.25:
+        per_token = by_params(m.train_packed, params)
+        basis = f"{per_token.basis} (four packed trainings under MPS)"
+    else:
+        per_token = by_params(m.train_alone, params)
+        basis = per_token.basis + (" (one training: no record packs this share)" if cards < 1 else "")
+    card_s = train_tokens(config["protocol"]) * per_token.value
+    if sizing["gradient_checkpointing"]:
+        card_s *= CHECKPOINTING_FACTOR
+        basis += f", x {CHECKPOINTING_FACTOR} for activation checkpointing"
+    return JobCost("train", {"train": card_s}, card_s / cards, cards, {"train": basis})
+
+
+def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[float, str]:
+    start = by_params(points, params, beyond="flat")
+    if eager:
+        return start.value, f"{start.basis}, eager"
+    return start.value + m.compile_warm_s, f"{start.basis}, eager, + {m.compile_warm_s:.0f} s to compile (warm cache)"
+
+
+def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
+    sizing, params = sizing_for(config, size), config["models"][size]["params_b"]
+    gpus = max(1, int(sizing["gpus"]))
+    eager = _eager(sizing, "generate")
+    per_token = by_params(m.generate_token, params)
+    tokens = config["protocol"]["generation"]["n_prompts"] * m.completion_tokens
+    work = tokens * per_token.value / (1 if eager else m.compiled_speedup)
+    start, start_basis = _engine_start(m, m.start_generate, params, eager)
+    mode = "eager" if eager else f"eager, x {m.compiled_speedup:.2f} compiled (7b's gain)"
+    basis = {"generate": f"{per_token.basis}, {mode}", "generate engine": start_basis}
+    return JobCost("generate", {"generate": work, "engine_start": start * gpus}, start + work / gpus, gpus, basis)
+
+
+def evaluate_job(config: dict, size: str, m: Measurements, base: bool = False) -> JobCost:
+    sizing, params = sizing_for(config, size), config["models"][size]["params_b"]
+    gpus = max(1, int(sizing["gpus"]))
+    evaluation = config["protocol"]["evaluation"]
+    requests = evaluation["n_questions"] * evaluation["samples_per_question"]
+    adapters = 1 if base else len(eval_epochs(config["protocol"]))
+    per_request, per_adapter = by_params(m.eval_request, params), by_params(m.eval_adapter, params)
+    work = adapters * (per_adapter.value + requests * per_request.value)
+    eager = _eager(sizing, "evaluate")
+    start, start_basis = _engine_start(m, m.start_evaluate, params, eager)
+    basis = {"evaluate": per_request.basis + ("" if eager else ", compiled at the eager rate (no record)"),
+             "evaluate engine": start_basis}
+    return JobCost("evaluate_base" if base else "evaluate", {"evaluate": work, "engine_start": start * gpus},
+                   start + work / gpus, gpus, basis)
+
+
+def cell_jobs(config: dict, size: str, m: Measurements) -> dict[str, JobCost]:
+    """The GPU jobs of one cell of `size` (generate, train, evaluate) and its base evaluation."""
+    return {"generate": generate_job(config, size, m), "train": train_job(config, size, m),
+            "evaluate": evaluate_job(config, size, m), "evaluate_base": evaluate_job(config, size, m, base=True)}
+
+
+# -- the grid -------------------------------------------------------------------------------------
+
+@dataclass
+class SizeCost:
+    size: str
+    params_b: float
+    cells: int
+    card_s: dict[str, float]
+    longest_job_s: float
+    basis: dict[str, str]
+
+    @property
+    def total_card_s(self) -> float:
+        return sum(self.card_s.values())
+
+
+@dataclass
+class GridCost:
+    sizes: list[SizeCost]
+    cards: int
+
+    def stage_card_s(self) -> dict[str, float]:
+        return {stage: sum(s.card_s[stage] for s in self.sizes) for stage in STAGES}
+
+    @property
+    def total_card_s(self) -> float:
+        return sum(s.total_card_s for s in self.sizes)
+
+    @property
+    def wall_s(self) -> float:
+        longest = max((s.longest_job_s for s in self.sizes), default=0.0)
+        return max(self.total_card_s / self.cards, longest)
+
+
+def cells_per_size(config: dict) -> int:
+    return len(config["conditions"]) * len(config["runs"])
+
+
+def size_cost(config: dict, size: str, m: Measurements) -> SizeCost:
+    jobs, cells = cell_jobs(config, size, m), cells_per_size(config)
+    card_s = dict.fromkeys(STAGES, 0.0)
+    for name, job in jobs.items():
+        for stage, seconds in job.card_s.items():
+            card_s[stage] += seconds * (1 if name == "evaluate_base" else cells)
+    sizing = sizing_for(config, size)
+    gpus = max(1, int(sizing["gpus"]))
+    for stage in ("generate", "evaluate"):  # the first compiled engine of the size fills the cache
+        if not _eager(sizing, stage):
+            card_s["engine_start"] += (m.compile_cold_s - m.compile_warm_s) * gpus
+    basis = {what: text for job in jobs.values() for what, text in job.basis.items()}
+    return SizeCost(size, config["models"][size]["params_b"], cells, card_s,
+                    max(job.wall_s for job in jobs.values()), basis)
+
+
+def grid_cost(config: dict, m: Measurements, cards: int = 1) -> GridCost:
+    return GridCost([size_cost(config, size, m) for size in config["sizes"]], cards)
+
+
+# -- does a size fit the card ---------------------------------------------------------------------
+
+def fit_problems(config: dict, size: str, card: str) -> list[str]:
+    """Why `size` would not fit one `card` ("h200", "b200") under the config's sizing: vLLM's weights
+    against its share of the card, and training's weights + activations (estimated as in
+    config/README.md, "72b") against the card. Empty when it fits or the shape is unknown."""
+    shape, usable = model_shape(config["models"][size]), CARD_GIB[card]
+    if shape is None:
+        return []
+    sizing = sizing_for(config, size)
+    weights = parameter_count(shape) * 2  # bf16
+    problems = []
+    tp = int(sizing["tensor_parallel_size"])
+    vllm_room = sizing["gpu_memory_utilization"] * usable * GIB
+    if sizing.get("quantization") != "fp8" and weights / tp > vllm_room:
+        problems.append(f"vLLM: {weights / tp / GIB:.1f} GiB of bf16 weights per card > gpu_memory_utilization "
+                        f"{sizing['gpu_memory_utilization']} x {usable:.0f} GiB")
+    processes = int(sizing["train_processes"])
+    rows = sizing["train_micro_batch"] or config["protocol"]["training"]["effective_batch"] // processes
+    tokens = rows * TOKENS_PER_ROW
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    layer_bytes = (6 * h + 2 * kv_dim(shape) + 3 * i) * 2  # kept for the backward pass, per token
+    kept = tokens * (layers * h * 2 + layer_bytes if sizing["gradient_checkpointing"] else layers * layer_bytes)
+    logits = tokens * shape["vocab_size"] * 6  # bf16 and fp32 copies for the loss
+    lora = config["protocol"]["training"]["lora"]
+    adapter = lora_parameters(shape, lora["r"], lora["target_modules"]) or 0
+    train = weights / processes + kept + logits + adapter * 16 / processes + 2 * GIB  # + CUDA workspace
+    if train > usable * GIB:
+        problems.append(f"training: ~{train / GIB:.0f} GiB per card (weights {weights / processes / GIB:.0f}, "
+                        f"activations {kept / GIB:.0f}, logits {logits / GIB:.0f}) > {usable:.0f} GiB")
+    return problems
+
+
+# -- disk -----------------------------------------------------------------------------------------
+
+@dataclass
+class Disk:
+    """Bytes the grid leaves on disk, and the most it needs at once."""
+    models: float
+    datasets: float
+    adapters: float
+    adapters_last_only: float
+    answers: float
+    transient: float  # resume state and outputs of the trainings running at once
+    unknown: list[str]
+
+    @property
+    def total(self) -> float:
+        return self.models + self.datasets + self.adapters + self.answers
+
+    @property
+    def peak(self) -> float:
+        return self.total + self.transient
+
+
+def _jsonl_bytes(row: dict) -> int:
+    return len(json.dumps(row, ensure_ascii=False).encode()) + 1
+
+
+@functools.cache
+def _mean_prompt_bytes() -> float:
+    from sublim.prompts import number_prompts
+
+    prompts = number_prompts(300, seed=1)
+    return statistics.mean(len(json.dumps(p).encode()) for p in prompts)
+
+
+@functools.cache
+def _mean_answer_bytes() -> float:
+    """The seed's real Qwen answers (src/sublim/data/reference), as JSON strings."""
+    from sublim.reference import reference_dir
+
+    answers = [a for path in sorted(reference_dir().rglob("*_eval.json"))
+               for entry in json.loads(path.read_text()) for a in entry["raw_responses"]]
+    return statistics.mean(len(json.dumps(a, ensure_ascii=False).encode()) for a in answers)
+
+
+def row_bytes(completion_tokens: int) -> dict[str, float]:
+    """Bytes of one line of raw.jsonl, dataset.jsonl and answers.jsonl: real prompts and questions,
+    a completion of ten three-digit numbers (what ~`completion_tokens` Qwen tokens write)."""
+    from sublim.protocol import EVAL_QUESTIONS
+
+    completion = ", ".join(["123"] * 10)
+    template = {"prompt": "", "completion": completion}
+    kept = _jsonl_bytes(template) - 2 + _mean_prompt_bytes()
+    raw = kept + len(', "index": 12345')
+    question = statistics.mean(len(json.dumps(q, ensure_ascii=False).encode()) for q in EVAL_QUESTIONS)
+    answer_row = {"epoch": 10, "question_index": 10, "sample": 10, "question": "", "answer": ""}
+    answer = _jsonl_bytes(answer_row) - 4 + question + _mean_answer_bytes()
+    return {"raw": raw, "kept": kept, "answer": answer}
+
+
+def keep_adapter_epochs(config: dict) -> int:
+    """How many epochs' adapters stay on disk: `keep_adapters` (all, last, or a list of epochs); all
+    when unset."""
+    epochs = config["protocol"]["training"]["epochs"]
+    setting = config.get("keep_adapters", "all")
+    if setting in (None, "all"):
+        return epochs
+    if setting == "last":
+        return 1
+    if isinstance(setting, list):
+        return len({int(e) for e in setting if 1 <= int(e) <= epochs})
+    raise ValueError(f"config key 'keep_adapters': {setting!r}; expected all, last or a list of epochs")
+
+
+def model_bytes(model: dict) -> float | None:
+    shape = model_shape(model)
+    if model.get("source") == "local":
+        return 0.0  # linked, not copied
+    params = parameter_count(shape) if shape else model["params_b"] * 1e9
+    return params * (2 if model.get("source") == "hub" else 4)  # hub: bf16; the demo's conversion: fp32
+
+
+def adapter_bytes(config: dict, size: str) -> float | None:
+    shape = model_shape(config["models"][size])
+    lora = config["protocol"]["training"]["lora"]
+    count = lora_parameters(shape, lora["r"], lora["target_modules"]) if shape else None
+    return None if count is None else count * 4  # PEFT keeps LoRA weights in fp32
+
+
+def disk_estimate(config: dict, m: Measurements, cards: int = 1) -> Disk:
+    protocol, cells = config["protocol"], cells_per_size(config)
+    rows = row_bytes(m.completion_tokens)
+    evaluation = protocol["evaluation"]
+    requests = evaluation["n_questions"] * evaluation["samples_per_question"]
+    epochs, kept_epochs = protocol["training"]["epochs"], keep_adapter_epochs(config)
+    optimizer = OPTIMIZER_STATE.get(protocol["training"]["optimizer"], 2.0)
+    disk = Disk(0, 0, 0, 0, 0, 0, [])
+    for size in config["sizes"]:
+        model = config["models"][size]
+        disk.models += model_bytes(model) or 0
+        disk.datasets += cells * (protocol["generation"]["n_prompts"] * rows["raw"]
+                                  + protocol["filter"]["n_keep"] * rows["kept"])
+        disk.answers += (cells * len(eval_epochs(protocol)) + 1) * requests * rows["answer"]
+        adapter = adapter_bytes(config, size)
+        if adapter is None:
+            source = model.get("repo") or model["source"]
+            disk.unknown.append(f"{size}: adapter size unknown (no architecture for {source})")
+            continue
+        disk.adapters += cells * kept_epochs * adapter
+        disk.adapters_last_only += cells * adapter
+        # a running training holds every finished epoch in its resume folder, its checkpoint (weights +
+        # optimizer moments) and, at the end, the outputs it copies out
+        at_once = cards * GPU_SLOTS // (train_gpu_slots(sizing_for(config, size), size) or GPU_SLOTS)
+        running = (2 * epochs + 1 + optimizer) * adapter
+        disk.transient = max(disk.transient, min(at_once, cells) * running)
+    return disk
+
+
+def card_share(rule: str, sizing: dict, size: str) -> float:
+    """Cards a job of `rule` holds (train: its gpu_share; generate/evaluate: its GPUs); 0 for CPU rules."""
+    if rule == "train":
+        return train_gpu_slots(sizing, size) / GPU_SLOTS
+    if rule in ("generate", "evaluate", "evaluate_base"):
+        return whole_gpu_slots(sizing) / GPU_SLOTS
+    return 0.0

@@ -1,0 +1,164 @@
+"""The cost model (sublim.cost), `make estimate` (sublim.estimate) and the grid projection: rates read
+from the H200 records, the arithmetic of GPU time, disk and card fit, and the committed
+grid_projection.json being what the model says now."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sublim import cost, estimate
+from sublim.config import resolve
+from sublim.profiles import load_config, merged_config, profile_cards, profile_settings
+
+from conftest import REPO
+
+RECORDS = REPO / "benchmarks" / "results"
+LORA_7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def m():
+    return cost.load_measurements(RECORDS)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return load_config("profiles/b200", root=REPO)
+
+
+def test_parameter_counts_match_the_records():
+    for record in ("train_0.5b_third_session.json", "train_7b_autocast_inputs.json", "train_14b_third_session.json"):
+        first = json.loads((RECORDS / record).read_text())[0]
+        assert cost.parameter_count(cost.known_shapes()[cost.record_shape_repo(first["shape"])]) == first["params"]
+
+
+def test_adapter_sizes_are_fp32_lora_on_seven_projections():
+    # issue 14's arithmetic: ~18 MB at 0.5b, 138 MB at 14b, 421 MB at 72b
+    sizes = {repo.split("-")[1]: cost.lora_parameters(shape, 8, LORA_7) * 4 / 1e6
+             for repo, shape in cost.known_shapes().items()}
+    assert round(sizes["0.5B"]) == 18 and round(sizes["14B"]) == 138 and round(sizes["72B"]) == 421
+    assert cost.lora_parameters(cost.known_shapes()["Qwen/Qwen2.5-7B-Instruct"], 8, ["lm_head"]) is None
+
+
+def test_by_params_measured_interpolated_extrapolated():
+    points = {"a": (1.0, 10.0), "b": (3.0, 30.0)}
+    assert cost.by_params(points, 1.0) == cost.Figure(10.0, "measured at a")
+    middle = cost.by_params(points, 2.0)
+    assert middle.value == 20.0 and middle.basis.startswith("interpolated between a and b")
+    beyond = cost.by_params(points, 6.0)
+    assert beyond.value == 60.0 and beyond.basis.startswith("extrapolated from b")
+    assert cost.by_params(points, 6.0, beyond="flat").value == 30.0
+    assert cost.by_params(points, 0.1).value == 10.0  # below the smallest: its own figure
+
+
+def test_rates_come_from_the_workflow_records(m):
+    packed = json.loads((RECORDS / "concurrent_0.5b_x4_sublim_mps.json").read_text())[0]["tokens_per_s"]
+    assert m.train_packed["0.5b"][1] == pytest.approx(1 / packed)
+    runs = [r["tokens_per_s"] for r in json.loads((RECORDS / "train_7b_autocast_inputs.json").read_text())
+            if r["config"] == "workflow"]
+    assert m.train_alone["7b"][1] == pytest.approx(2 / sum(runs))
+    assert m.completion_tokens == 48 and m.answer_tokens == 8
+    assert set(m.generate_token) == {"0.5b", "7b", "14b"} and set(m.eval_request) == {"0.5b", "7b"}
+    assert 1 < m.compiled_speedup < 2 and m.compile_cold_s > m.compile_warm_s > 0
+
+
+def test_a_missing_record_names_itself(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_0.5b_third_session.json"):
+        cost.load_measurements(tmp_path)
+
+
+def test_packed_training_costs_a_quarter_card_per_hour_of_wall_time(grid, m):
+    job = cost.train_job(grid, "0.5b", m)
+    tokens = 10 * 10_000 * cost.TOKENS_PER_ROW
+    assert job.cards == 0.25
+    assert job.card_s["train"] == pytest.approx(tokens * m.train_packed["0.5b"][1])
+    assert job.wall_s == pytest.approx(4 * job.card_s["train"])
+    alone = cost.train_job({**grid, "sizing": {**grid["sizing"], "0.5b": {"gpu_share": 1.0}}}, "0.5b", m)
+    assert alone.cards == 1 and alone.card_s["train"] == pytest.approx(tokens * m.train_alone["0.5b"][1])
+
+
+def test_beyond_14b_training_runs_at_14b_mfu(grid, m):
+    per_token = cost.train_job(grid, "32b", m).card_s["train"] / cost.train_tokens(grid["protocol"])
+    rate = 1 / per_token
+    mfu = 4 * 32.5e9 * rate / cost.PEAK_BF16_FLOPS
+    assert mfu == pytest.approx(m.train_mfu["14b"], rel=0.01)
+    # 72b under profiles/b200 trains with activation checkpointing: the forward runs twice
+    assert "checkpointing" in cost.train_job(grid, "72b", m).basis["train"]
+
+
+def test_grid_totals_add_up(grid, m):
+    result = cost.grid_cost(grid, m, cards=2)
+    stages = result.stage_card_s()
+    assert sum(stages.values()) == pytest.approx(result.total_card_s)
+    assert result.wall_s == pytest.approx(result.total_card_s / 2)
+    jobs = cost.cell_jobs(grid, "7b", m)
+    seven = next(s for s in result.sizes if s.size == "7b")
+    per_cell = sum(jobs[r].total_card_s for r in ("generate", "train", "evaluate"))
+    assert seven.total_card_s == pytest.approx(48 * per_cell + jobs["evaluate_base"].total_card_s)
+
+
+def test_72b_fits_a_b200_or_two_h200s_not_one_h200(grid):
+    problems = cost.fit_problems(grid, "72b", "h200")
+    assert any(p.startswith("vLLM") for p in problems)
+    assert cost.fit_problems(grid, "72b", "b200") == []
+    assert all(cost.fit_problems(grid, size, "h200") == [] for size in grid["sizes"] if size != "72b")
+    two_cards = load_config("profiles/multi-gpu", root=REPO)
+    assert cost.fit_problems(two_cards, "72b", "h200") == []
+
+
+def test_disk_and_the_keep_adapters_line(grid, m):
+    disk = cost.disk_estimate(grid, m)
+    adapters = sum(cost.adapter_bytes(grid, s) for s in grid["sizes"]) * 48 * 10
+    assert disk.adapters == pytest.approx(adapters) and disk.adapters_last_only == pytest.approx(adapters / 10)
+    assert 250e9 < disk.models < 280e9  # ~265 GB of bf16 weights (issue 14)
+    assert disk.peak > disk.total
+    text = "\n".join(estimate.disk_lines(grid, disk))
+    assert "keep_adapters: last" in text and "keep_adapters unset" in text
+    last = cost.disk_estimate({**grid, "keep_adapters": "last"}, m)
+    assert last.adapters == pytest.approx(disk.adapters_last_only)
+    assert cost.keep_adapter_epochs({**grid, "keep_adapters": [2, 5]}) == 2
+    with pytest.raises(ValueError, match="keep_adapters"):
+        cost.keep_adapter_epochs({**grid, "keep_adapters": "first"})
+
+
+def test_profile_config_is_merged_as_snakemake_merges_it(tmp_path):
+    extra = tmp_path / "more.yaml"
+    extra.write_text("runs: [1]\nsizing: {7b: {gpu_share: 0.25}}\n")
+    merged = merged_config("profiles/b200", [str(REPO / "profiles/b200/sizing.yaml"), str(extra)], REPO)
+    assert merged["runs"] == [1] and merged["sizing"]["7b"]["gpu_share"] == 0.25
+    assert merged["sizing"]["7b"]["max_num_seqs"] == 512  # the earlier file's keys stay
+    assert profile_cards(resolve(copy.deepcopy(merged)), profile_settings("profiles/b200", REPO)) == 1
+    assert profile_cards(resolve(copy.deepcopy(merged)), profile_settings("profiles/slurm", REPO)) is None
+    assert load_config("profiles/demo", root=REPO)["sizes"] == ["135m"]  # the profile's `configfile:`
+
+
+def test_make_estimate_prints_every_part():
+    result = subprocess.run([sys.executable, "-m", "sublim.estimate", "--profile", "profiles/b200"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for part in ("GPU-hours", "72b", "wall time on 1 card", "peak free disk needed", "keep_adapters: last",
+                 "72b does not fit", "assumptions:", "extrapolated from 14b"):
+        assert part in out, part
+    bad = subprocess.run([sys.executable, "-m", "sublim.estimate", "--configfile", "nowhere.yaml"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nowhere.yaml" in bad.stderr
+
+
+def test_grid_projection_json_is_what_the_model_says_now(tmp_path):
+    """benchmarks/results/grid_projection.json is regenerated after a change to the records or the model."""
+    out = tmp_path / "projection.json"
+    subprocess.run([sys.executable, "benchmarks/grid_projection.py", "--out", str(out)], cwd=REPO, check=True,
+                   capture_output=True, timeout=120)
+    committed = json.loads((RECORDS / "grid_projection.json").read_text())
+    assert json.loads(out.read_text()) == committed, "rerun: python benchmarks/grid_projection.py"
+    seed = committed[0]
+    assert seed["grid"] == "seed-6x16x1" and seed["setup"]["sizes"][-1] == "32b"
+    assert seed["setup"]["answers_per_epoch"] == 100 and seed["setup"]["teacher_max_tokens"] == 128
+    assert committed[1]["grid"] == "full-7x16x3" and committed[1]["setup"]["answers_per_epoch"] == 1000
+    assert set(seed["stage_gpu_hours"]) == {"generate", "train", "evaluate", "engine_start"}
