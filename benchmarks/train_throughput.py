@@ -37,24 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sublim import mps  # noqa: E402
+from sublim.cost import qwen_shapes  # noqa: E402
 from sublim.jsonl import write_jsonl  # noqa: E402
 from sublim.prompts import number_prompts  # noqa: E402
 from sublim.train import attention_implementation, build_trainer, load_student_dataset, train_sizing  # noqa: E402
 
 PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, the MFU denominator of DESIGN.md
 
-SHAPES = {  # Qwen2.5 config.json values (DESIGN.md)
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
-                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
-}
+SHAPES = qwen_shapes()  # Qwen2.5 config.json values (src/sublim/data/model_shapes.yaml)
 
 # The seed's trainer: micro-batch 20 x 3, activation checkpointing, padded batches, full-text loss.
 SEED = {"loss": "full_text", "sizing": {"train_micro_batch": 20, "gradient_checkpointing": True,

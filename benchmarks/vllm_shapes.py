@@ -30,24 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from sublim.cost import qwen_shapes  # noqa: E402
 from sublim.process import die_with_parent_if_spawned  # noqa: E402
 
 die_with_parent_if_spawned(__name__)
 
-SHAPES = {  # Qwen2.5 config.json values (train_throughput.py has the trainer's copy; DESIGN.md)
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
-                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
-    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-}
+# the Qwen2.5 config.json values (src/sublim/data/model_shapes.yaml), and a tiny one for a CPU check
+SHAPES = {**qwen_shapes(), "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=151936,
+                                        tie_word_embeddings=True)}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_PLAN = ("gen:7b:eager", "eval:7b", "gen:0.5b:eager", "eval:0.5b", "render:0.5b", "gen:14b:eager",
                 "eval:14b", "gen:1.5b:eager", "eval:1.5b", "gen:7b:compiled", "gen:0.5b:compiled")

@@ -65,6 +65,12 @@ def record_shape_repo(shape: str) -> str:
     return f"Qwen/Qwen2.5-{shape.upper()}-Instruct"
 
 
+def qwen_shapes() -> dict[str, dict]:
+    """The Qwen2.5 architectures by size name ("0.5b" … "72b"): the benchmarks' random-init shapes."""
+    return {repo.split("-")[1].lower(): shape for repo, shape in known_shapes().items()
+            if repo.startswith("Qwen/Qwen2.5-")}
+
+
 def model_shape(model: dict) -> dict | None:
     """config.json values of a config's model: the table for Hub repos, the folder for local models."""
     if model.get("repo") in known_shapes():
