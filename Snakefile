@@ -2,6 +2,17 @@
 # model → generate → filter → train → evaluate → score → report. See README.md.
 
 
+from snakemake.exceptions import WorkflowError
+from sublim.config import ConfigError, check_yaml_syntax
+
+# Snakemake's loader names neither the file nor the line of a YAML error; this names both for the
+# file below (files a profile or --configfile gives are loaded before: README, "Troubleshooting")
+try:
+    check_yaml_syntax("config/config.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+
 configfile: "config/config.yaml"
 
 

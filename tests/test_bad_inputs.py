@@ -10,7 +10,7 @@ import json
 import pytest
 
 import tiny_workflow
-from tiny_workflow import (SIZE, make_workdir, number_rows, run_snakemake,
+from tiny_workflow import (SIZE, make_workdir, model_record, number_rows, run_snakemake,
                            seed_numbers, tiny_config)
 
 CELL = f"{SIZE}/owl/run-1"
@@ -98,9 +98,11 @@ def test_missing_stashed_adapter_at_export_says_how_to_retrain(tmp_path):
 
 def test_model_path_that_does_not_exist_names_the_config_key(tmp_path):
     missing = tmp_path / "no-such-model"
-    workdir = make_workdir(tmp_path / "work", tiny_config(missing))
+    config = tiny_config(missing)
+    workdir = make_workdir(tmp_path / "work", config)
+    record = model_record(workdir, config)
 
-    log = failed_job_log(workdir, f"resources/models/{SIZE}", f"logs/prepare_model/{SIZE}.log")
+    log = failed_job_log(workdir, "models", f"logs/prepare_model/{SIZE}/{record.stem}.log")
     assert f"model path {missing} (config key 'models.{SIZE}.path') does not exist" in log
     assert not (workdir / f"resources/models/{SIZE}").exists()
 
@@ -122,3 +124,84 @@ def test_incomplete_prepared_model_folder_says_to_delete_and_rerun(tmp_path):
     broken.mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="delete it and rerun"):
         check_model_dir(broken)
+
+
+def record_outputs(provenance, *files) -> None:
+    """What a producing job records of the files it wrote (sublim.provenance.write_provenance)."""
+    from sublim.provenance import file_digest
+
+    record = json.loads(provenance.read_text()) if provenance.exists() else {}
+    record["outputs"] = {f.name: file_digest(f) for f in files}
+    provenance.write_text(json.dumps(record))
+
+
+def test_a_truncated_raw_file_is_named_as_damaged_not_filtered(tmp_path, tiny_model):
+    workdir = make_workdir(tmp_path, tiny_config(tiny_model), tiny_model)
+    cell = seed_numbers(workdir, number_rows(16))
+    raw = cell / "raw.jsonl"
+    record_outputs(cell / "raw.provenance.json", raw)
+    # `head -n 10 raw.jsonl > t && cat t > raw.jsonl`: every line parses, six are gone
+    raw.write_text("".join(raw.read_text().splitlines(keepends=True)[:10]))
+
+    log = failed_job_log(workdir, f"results/numbers/{CELL}/dataset.jsonl", f"logs/filter/{CELL}.log")
+    assert f"results/numbers/{CELL}/raw.jsonl is damaged: it has rows 10" in log
+    assert f"results/numbers/{CELL}/raw.provenance.json records rows 16" in log
+    assert "Delete it and rerun the workflow" in log
+    assert not (cell / "dataset.jsonl").exists()
+
+
+def test_an_emptied_dataset_is_named_as_damaged_before_training(tmp_path, tiny_model):
+    workdir = make_workdir(tmp_path, tiny_config(tiny_model), tiny_model)
+    seed_numbers(workdir, number_rows(16))
+    made = run_snakemake(workdir, [f"results/numbers/{CELL}/dataset.jsonl"])
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    (workdir / f"results/numbers/{CELL}/dataset.jsonl").write_text("")  # `: > dataset.jsonl`
+
+    log = failed_job_log(workdir, f"results/students/{CELL}/train.provenance.json", f"logs/train/{CELL}.log")
+    assert f"results/numbers/{CELL}/dataset.jsonl is damaged: it has rows 0" in log
+    assert "records rows 16" in log
+    assert "n_prompts" not in log  # not the advice for a filter that kept nothing
+
+
+def test_an_input_without_a_checksum_on_record_is_read_with_a_log_line(tmp_path, caplog):
+    # results made before producers recorded checksums (a raw.provenance.json without outputs)
+    from sublim.provenance import checked_input
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"prompt": "1", "completion": "2"}\n')
+    (tmp_path / "raw.provenance.json").write_text(json.dumps({"stage": "generate", "n_rows": 1}))
+    with caplog.at_level("INFO"):
+        assert checked_input(raw)["rows"] == 1
+    assert "no checksum on record" in caplog.text
+
+
+def test_a_model_folder_is_prepared_again_only_when_it_does_not_hold_the_model(tmp_path, tiny_model):
+    from sublim.models import ensure_model, held_model
+
+    model = {"source": "local", "path": str(tiny_model)}
+    folder = tmp_path / "models" / SIZE
+    ensure_model(model, folder)  # missing: prepared
+    assert held_model(folder) == model and (folder / "config.json").exists()
+    marker = folder / "kept.txt"
+    marker.write_text("the same folder")
+    ensure_model(model, folder)  # holds it: left alone
+    assert marker.exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ensure_model({"source": "local", "path": str(tmp_path / "typo")}, folder)
+    assert marker.exists() and held_model(folder) == model  # a failed preparation replaced nothing
+
+
+def test_a_hub_folder_downloaded_before_identity_files_is_taken_as_it_is(tmp_path):
+    # huggingface_hub's snapshot_download(local_dir=…) records each file's commit; no network here
+    from sublim.models import ensure_model, held_model
+
+    revision = "7ae557604adf67be50417f59c2c2f167def9a775"
+    model = {"source": "hub", "repo": "Qwen/Qwen2.5-0.5B-Instruct", "revision": revision}
+    folder = tmp_path / SIZE
+    records = folder / ".cache" / "huggingface" / "download"
+    records.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_text("{}")
+        (records / f"{name}.metadata").write_text(f"{revision}\netag\n1700000000.0\n")
+    assert ensure_model(model, folder) == folder
+    assert held_model(folder) == model

@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from sublim.config import ConfigError, eval_epochs, resolve, seed_for, sizing_for
+from sublim.config import ConfigError, check_yaml_syntax, eval_epochs, kept_epochs, resolve, seed_for, sizing_for
 from conftest import REPO
 
 
@@ -80,6 +80,8 @@ def broken(change) -> dict:
     (lambda c: c["protocol"]["training"].update(optimizer="sgd"), "protocol.training.optimizer"),
     (lambda c: c["protocol"]["training"].update(data_seed="fixed"), "protocol.training.data_seed"),
     (lambda c: c.update(sizing={"7b": {"train_micro_batch": 7}}), "sizing.7b.train_micro_batch"),
+    (lambda c: c.update(keep_adapters="first"), "keep_adapters"),
+    (lambda c: c.update(keep_adapters=[10, 11]), "keep_adapters"),
 ])
 def test_bad_values_fail_naming_the_key(change, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'".replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
@@ -119,3 +121,42 @@ def test_the_trainer_and_the_gpu_sharing_take_their_defaults_from_the_schema():
 def test_seed_follows_the_run_or_a_fixed_value():
     assert seed_for("run", "3") == 3
     assert seed_for(42, 3) == 42
+
+
+def test_a_number_yaml_reads_as_text_gets_the_hint_to_write_it_as_a_float():
+    # PyYAML (YAML 1.1), as Snakemake reads config files, takes 2e-4 for a string
+    config = load("config.yaml")
+    config["protocol"]["training"] = yaml.safe_load("learning_rate: 2e-4")
+    assert config["protocol"]["training"]["learning_rate"] == "2e-4"
+    with pytest.raises(ConfigError, match=r"'protocol\.training\.learning_rate': '2e-4' is not of type 'number' "
+                                          r"\(YAML reads 2e-4 as text: write 2\.0e-4\)"):
+        resolve(config)
+    config["protocol"]["training"] = yaml.safe_load("learning_rate: 2.0e-4")
+    assert resolve(config)["protocol"]["training"]["learning_rate"] == 2e-4
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("preset: seed\nprotocol:\n  training: {epochs: 2\nsizes: [0.5b]\n")
+    message = rf"{bad}, line 4, column 6: not valid YAML \(while parsing a flow mapping that starts at line 3: "
+    with pytest.raises(ConfigError, match=message + r"expected ',' or '}'"):
+        check_yaml_syntax(bad)
+    check_yaml_syntax(tmp_path / "absent.yaml")  # a missing file is Snakemake's to report
+
+
+def test_keep_adapters_names_the_epochs_kept_on_disk():
+    config = resolve(load("config.yaml"))  # 10 epochs; the default keeps them all
+    assert kept_epochs(config) == list(range(1, 11))
+    assert kept_epochs({**config, "keep_adapters": "last"}) == [10]
+    assert kept_epochs({**config, "keep_adapters": [10, 5]}) == [5, 10]
+
+
+def test_only_the_demo_and_test_profiles_rerun_on_code_edits():
+    # README, "What triggers a rerun": the GPU and cluster profiles leave `code` out, so an
+    # upgrade never silently retrains a grid; demo and slurm-local keep Snakemake's defaults
+    triggers = {profile.name: yaml.safe_load((profile / "config.yaml").read_text()).get("rerun-triggers")
+                for profile in (REPO / "profiles").iterdir()}
+    assert triggers == {"b200": ["mtime", "params", "input", "software-env"],
+                        "multi-gpu": ["mtime", "params", "input", "software-env"],
+                        "slurm": ["mtime", "params", "input", "software-env"],
+                        "demo": None, "slurm-local": None}

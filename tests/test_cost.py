@@ -122,8 +122,6 @@ def test_disk_and_the_keep_adapters_line(grid, m):
     last = cost.disk_estimate({**grid, "keep_adapters": "last"}, m)
     assert last.adapters == pytest.approx(disk.adapters_last_only)
     assert cost.keep_adapter_epochs({**grid, "keep_adapters": [2, 5]}) == 2
-    with pytest.raises(ValueError, match="keep_adapters"):
-        cost.keep_adapter_epochs({**grid, "keep_adapters": "first"})
 
 
 def test_profile_config_is_merged_as_snakemake_merges_it(tmp_path):

@@ -25,11 +25,8 @@ GPU_SECONDS = {"generate": 0.5, "train": 3.0, "evaluate": 0.5}
 start = time.time()
 time.sleep(GPU_SECONDS.get(snakemake.rule, 0))
 for path in snakemake.output:
-    if snakemake.rule == "prepare_model":
-        Path(path).mkdir(parents=True, exist_ok=True)
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).touch()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).touch()
 line = json.dumps({"rule": snakemake.rule, "size": snakemake.wildcards.get("size"),
                    "slots": snakemake.resources.get("gpu_slots", 0), "threads": snakemake.threads,
                    "start": start, "end": time.time()})

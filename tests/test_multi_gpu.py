@@ -36,11 +36,8 @@ if snakemake.rule == "train" and mps.wanted(sizing_for(snakemake.config, snakema
                           device=claimed()[0]) is None
 time.sleep(GPU_SECONDS.get(snakemake.rule, 0))
 for path in snakemake.output:
-    if snakemake.rule == "prepare_model":
-        Path(path).mkdir(parents=True, exist_ok=True)
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).touch()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).touch()
 line = json.dumps({"rule": snakemake.rule, "size": snakemake.wildcards.get("size"),
                    "gpu": snakemake.resources.get("gpu", 0), "slots": snakemake.resources.get("gpu_slots", 0),
                    "devices": claimed(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -338,3 +338,49 @@ def test_publishing_with_hf_hub_offline_is_stopped_before_any_job(monkeypatch):
     problems = publish.preflight(publish.settings({"publish": {"enabled": True}}))
     assert any("HF_HUB_OFFLINE" in p for p in problems)
     assert publish.preflight(publish.settings({})) == []  # off: nothing to check
+
+
+def test_the_offline_variable_that_is_set_is_the_one_named(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads either variable
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    (problem,) = publish.preflight(publish.settings({"publish": {"enabled": True}}))
+    assert "TRANSFORMERS_OFFLINE is set: unset it" in problem and "HF_HUB_OFFLINE" not in problem
+
+
+def test_cards_carry_the_lineage_of_the_job_that_wrote_the_files(hub_server, tmp_path, cell):
+    from sublim.provenance import write_provenance
+
+    protocol = {"filter": {"n_keep": 3}}
+    write_provenance(cell / "dataset.provenance.json", stage="filter", protocol=protocol,
+                     inputs={"results/numbers/raw.jsonl": {"sha256": "a" * 64, "rows": 9}},
+                     outputs=[cell / "dataset.jsonl", cell / "filter.json"])
+    hub, _ = make_hub(hub_server, tmp_path)
+    record = push_dataset(hub, cell)
+    card = hub_server.repos[("dataset", record["repo_id"])].files["README.md"].decode()
+    lineage = json.loads(card.split("## Lineage", 1)[1].split("```json", 1)[1].split("```", 1)[0])
+    assert set(lineage) == {"code", "inputs", "outputs", "protocol"}  # no time or host: the card is stable
+    assert lineage["code"]["commit"] and lineage["inputs"]["results/numbers/raw.jsonl"]["sha256"] == "a" * 64
+    assert lineage["protocol"] == protocol and "dataset.jsonl" in lineage["outputs"]
+    assert push_dataset(hub, cell)["status"] == "unchanged"  # the same card on a rerun
+
+    dirs = adapter_dirs(tmp_path, [1, 2])
+    students = tmp_path / "students"
+    write_provenance(students / "train.provenance.json", stage="train", protocol={"training": {"epochs": 2}},
+                     inputs={"results/numbers/dataset.jsonl": {"sha256": "b" * 64, "rows": 3}},
+                     outputs=sorted(students.glob("epoch-*/*")))
+    record = publish.publish_adapter(
+        hub, repo=f"{OWNER}/student-run-1", dataset_repo=f"{OWNER}/numbers-run-1", adapter_dirs=dirs,
+        size="0.5b", condition="owl", run=1, model={"source": "hub", "repo": "Qwen/Qwen2.5-0.5B-Instruct"},
+        training={"epochs": 2}, private=False)
+    card = hub_server.repos[("model", record["repo_id"])].files["README.md"].decode()
+    assert "From the train job's provenance" in card and '"b' + "b" * 63 + '"' in card
+
+
+def test_a_card_without_a_record_says_the_lineage_is_not_recorded(hub_server, tmp_path, cell):
+    hub, _ = make_hub(hub_server, tmp_path)
+    record = push_dataset(hub, cell)
+    card = hub_server.repos[("dataset", record["repo_id"])].files["README.md"].decode()
+    assert "Not recorded: the filter job that wrote these files predates" in card

@@ -5,13 +5,15 @@ rerun triggers; every test is then a dry run against it with one change."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
 import yaml
 
 import tiny_workflow
-from tiny_workflow import SIZE, finish_grid, job_counts, make_workdir, run_snakemake, tiny_config
+from tiny_workflow import SIZE, finish_grid, job_counts, make_workdir, model_record, run_snakemake, tiny_config
 
 GPU_RULES = {"prepare_model", "generate", "train", "evaluate", "evaluate_base"}
 # profiles/b200 and profiles/slurm: no `code` trigger
@@ -42,6 +44,89 @@ def plan(workdir, change=None, extra=(), triggers=None) -> dict[str, int]:
 
 def test_a_finished_grid_has_nothing_to_do(grid):
     assert plan(grid) == {}
+
+
+NEW_CELL = {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 2, "score_base": 1, "report": 1,
+            "all": 1}
+
+
+def test_a_deleted_model_folder_plans_no_job_and_a_new_cell_only_its_own(grid):
+    # The jobs that load the model depend on its record (results/models/), not on the folder: a
+    # folder deleted to free disk reruns nothing, and a new cell does not rerun the others (the
+    # folder used to be their input: preparing it again reran every cell of the size).
+    folder = grid / "resources" / "models" / SIZE
+    moved = grid.parent / "moved-model"
+    folder.rename(moved)
+    try:
+        assert plan(grid) == {}
+        assert plan(grid, lambda c: c.update(conditions=["owl", "cat"])) == NEW_CELL
+        # prepared again ahead of time (README, "The model folder"): its record is rewritten with
+        # the same bytes, and Snakemake's checksum of it sees nothing new
+        # the target before --forcerun, which takes every word after it as a rule (README)
+        again = run_snakemake(grid, [], ["models", "--forcerun", "prepare_model"], triggers=None)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert (folder / "config.json").exists() and (folder / "sublim-model.json").exists()
+        assert plan(grid) == {}
+    finally:
+        if not folder.exists():
+            moved.rename(folder)
+
+
+def tree(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_a_mistyped_model_fails_before_any_cell_keeps_the_folder_and_its_revert_reruns_nothing(grid):
+    folder = grid / "resources" / "models" / SIZE
+    before = tree(folder)
+
+    def typo(config):
+        config["models"][SIZE]["path"] += "-typo"
+
+    # another model is another record: everything that loads it is planned again, after it
+    assert GPU_RULES <= plan(grid, typo).keys()
+    failed = run_snakemake(grid, [], [], triggers=None, configfile="config/changed.yaml")
+    assert failed.returncode != 0
+    assert "(config key 'models.1m.path') does not exist" in failed.stdout + failed.stderr
+    assert tree(folder) == before  # the model folder was prepared aside, never replaced
+    assert plan(grid) == {}  # the typo reverted: nothing reruns
+
+
+def test_a_deleted_adapter_is_planned_again_by_the_default_target(grid):
+    # The grid is complete when every kept adapter exists (README, "Troubleshooting"): a deleted
+    # one is trained again, and its evaluation with it.
+    adapter = grid / f"results/students/{SIZE}/owl/run-1/epoch-1/adapter_model.safetensors"
+    data, stat = adapter.read_bytes(), adapter.stat()
+    adapter.unlink()
+    try:
+        assert plan(grid) == {"train": 1, "evaluate": 1, "score": 1, "report": 1, "all": 1}
+    finally:
+        adapter.write_bytes(data)
+        os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert plan(grid) == {}
+
+
+def test_every_provenance_records_the_code_its_inputs_outputs_and_the_protocol(grid):
+    config = yaml.safe_load((grid / "config" / "test.yaml").read_text())
+    records = {path: json.loads(path.read_text()) for path in (grid / "results").rglob("*.provenance.json")}
+    assert {record["stage"] for record in records.values()} == {"prepare_model", "generate", "filter", "train",
+                                                                "evaluate"}
+    for path, record in records.items():
+        assert record["code"]["version"], path
+        if (tiny_workflow.REPO / ".git").exists():  # the jobs ran this checkout's code
+            assert len(record["code"]["commit"]) == 40 and isinstance(record["code"]["dirty"], bool), path
+        assert record["inputs"] and record["outputs"], path
+        for name, written in record["outputs"].items():
+            assert written["sha256"] == hashlib.sha256((path.parent / name).read_bytes()).hexdigest(), (path, name)
+        for name, read in record["inputs"].items():
+            # the model by its identity and config.json, never its weights; every file by its sha256
+            assert ("model" in read and "config_sha256" in read) if name.startswith("resources/models/") \
+                else len(read["sha256"]) == 64, (path, name)
+        if record["stage"] != "prepare_model":
+            assert record["protocol"]["training"]["epochs"] == config["protocol"]["training"]["epochs"], path
+            assert set(record["protocol"]) == {"seed", "generation", "filter", "training", "evaluation"}, path
+    assert model_record(grid, config).exists()
 
 
 def test_a_new_condition_plans_its_cell_and_cpu_scoring_only(grid):
@@ -115,3 +200,45 @@ def test_a_code_edit_reruns_only_where_code_is_a_trigger_and_can_be_listed_and_f
     finally:
         os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
 
+
+
+@pytest.fixture(scope="module")
+def grid_keeping_last(tmp_path_factory):
+    """Two epochs, both evaluated, and `keep_adapters: last`: as the seed did, epoch 1's adapter
+    is deleted once its evaluation is written."""
+    config = tiny_config(tiny_workflow.tiny_model(), training={"epochs": 2}, evaluation={"epochs": "all"})
+    config["keep_adapters"] = "last"
+    workdir = make_workdir(tmp_path_factory.mktemp("grid-keeping-last"), config)
+    finish_grid(workdir)
+    return workdir
+
+
+def test_adapters_not_kept_are_deleted_once_evaluated_and_nothing_is_planned_for_them(grid_keeping_last):
+    cell = grid_keeping_last / f"results/students/{SIZE}/owl/run-1"
+    assert not (cell / "epoch-1").exists()
+    assert {p.name for p in (cell / "epoch-2").iterdir()} == {"adapter_model.safetensors", "adapter_config.json"}
+    assert (grid_keeping_last / f"results/eval/{SIZE}/owl/run-1/eval.csv").exists()
+    assert plan(grid_keeping_last) == {}  # the dropped adapter is not missing: training is not planned
+
+
+def test_what_a_rerun_costs_when_adapters_were_dropped(grid_keeping_last):
+    # README, "Keeping fewer adapters": a change that evaluates epoch 1 again trains the cell again
+    # to get its adapter back; keeping it again does too; scoring stays CPU only
+    samples = plan(grid_keeping_last, lambda c: c["protocol"]["evaluation"].update(samples_per_question=2))
+    assert samples == {"train": 1, "evaluate": 1, "evaluate_base": 1, "score": 1, "score_base": 1, "report": 1,
+                       "all": 1}
+    assert plan(grid_keeping_last, lambda c: c.update(keep_adapters="all")) == {
+        "train": 1, "evaluate": 1, "score": 1, "report": 1, "all": 1}
+    assert plan(grid_keeping_last, lambda c: c["protocol"]["evaluation"].update(scoring="first_word")) == {
+        "score": 1, "score_base": 1, "report": 1, "all": 1}
+
+
+def test_the_default_target_rebuilds_a_deleted_adapter(grid):
+    # last in this file: it retrains the cell (the documented command is the default target)
+    cell = grid / f"results/students/{SIZE}/owl/run-1"
+    (cell / "epoch-1" / "adapter_model.safetensors").unlink()
+    result = run_snakemake(grid, [], [], triggers=None)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr).get("train") == 1
+    assert (cell / "epoch-1" / "adapter_model.safetensors").exists()
+    assert plan(grid) == {}

@@ -7,10 +7,14 @@ kills: SIGKILL to Snakemake's whole process group, so no one gets to clean up.""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -78,6 +82,8 @@ def test_killed_training_resumes_at_the_next_epoch_and_matches_an_uninterrupted_
     assert "epoch 2 adapter saved" in after_resume and "epoch 3 adapter saved" in after_resume
     assert "epoch 1 adapter saved" not in after_resume, "the rerun trained epoch 1 again"
     assert not resume.exists(), "the resume state is dropped once every adapter is exported"
+    assert not (workdir / "resources" / "resume").exists(), "empty folders were left behind"
+    assert "discarding" not in (reference / f"logs/train/{CELL}.log").read_text(), "a fresh training warned"
 
     # Bitwise on CPU: the optimizer, scheduler, RNG and data order all come back from the
     # checkpoint, so the resumed run does exactly the arithmetic of the uninterrupted one.
@@ -96,9 +102,8 @@ def test_resume_state_from_another_dataset_is_discarded(tmp_path, tiny_model):
 
     training = tiny_config(tiny_model)["protocol"]["training"]
     resume = tmp_path / "resume"
-    stale = resume / "checkpoints" / "checkpoint-12"
-    stale.mkdir(parents=True)
-    (stale / "trainer_state.json").write_text(json.dumps({"epoch": 1.0, "num_train_epochs": 3}))
+    stale = fake_checkpoint(resume, epoch=1, step=12)
+    fake_stash(resume, 1)
     old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
     old.write_text('{"prompt": "1", "completion": "2"}\n')
     new.write_text('{"prompt": "1", "completion": "3"}\n')
@@ -119,6 +124,91 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped_for_the_previous_one(tmp_path)
     (cut_off / "adapter_model.safetensors").write_bytes(b"\0" * 10)  # killed before the state
     assert last_complete_checkpoint(tmp_path) == complete
     assert not cut_off.exists()
+
+
+def fake_checkpoint(resume, epoch: int, step: int):
+    checkpoint = resume / "checkpoints" / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"epoch": float(epoch), "num_train_epochs": 3}))
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (checkpoint / name).write_text(f"epoch {epoch} {name}")
+    return checkpoint
+
+
+def fake_stash(resume, epoch: int):
+    folder = resume / "adapters" / f"epoch-{epoch}"
+    folder.mkdir(parents=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (folder / name).write_text(f"epoch {epoch} {name}")
+
+
+def test_a_missing_stashed_adapter_is_copied_again_from_the_checkpoint_or_stops_before_training(tmp_path):
+    from sublim.train import resume_checkpoint
+
+    fingerprint = {"dataset_sha256": "0" * 64}
+    resume = tmp_path / "resume"
+    checkpoint = fake_checkpoint(resume, epoch=2, step=8)
+    (resume / "fingerprint.json").write_text(json.dumps(fingerprint))
+    fake_stash(resume, 1)  # killed between the checkpoint and the stash of epoch 2
+    assert resume_checkpoint(resume, fingerprint) == str(checkpoint)
+    assert (resume / "adapters/epoch-2/adapter_model.safetensors").read_text() == "epoch 2 adapter_model.safetensors"
+
+    shutil.rmtree(resume / "adapters" / "epoch-1")  # gone, and no checkpoint holds it any more
+    with pytest.raises(FileNotFoundError, match=r"epoch 1's adapter is missing .* delete .*resume and rerun"):
+        resume_checkpoint(resume, fingerprint)
+
+
+def test_a_fresh_training_discards_nothing_and_says_nothing(tmp_path, caplog):
+    from sublim.train import resume_checkpoint
+
+    resume = tmp_path / "resume"
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(resume, {"seed": 1}) is None
+        shutil.rmtree(resume)
+        (resume / "checkpoints").mkdir(parents=True)  # what a trainer makes before its first save
+        assert resume_checkpoint(resume, {"seed": 1}) is None
+    assert "discarding" not in caplog.text
+
+
+def test_a_second_trainer_of_a_cell_stops_at_once_naming_the_first_and_deletes_nothing(tmp_path, tiny_model):
+    from sublim import locks
+
+    workdir = train_workdir(tmp_path, tiny_model)
+    resume = workdir / "resources" / "resume" / CELL
+    fake_checkpoint(resume, epoch=1, step=4)  # the first trainer's state, mid-training
+    fake_stash(resume, 1)
+    state = sorted(p.relative_to(resume) for p in resume.rglob("*"))
+    with locks.exclusive(f"{resume}.lock", "the first trainer", wait=False):
+        result = run_snakemake(workdir, [TRAIN_TARGET])
+    assert result.returncode != 0
+    log = (workdir / f"logs/train/{CELL}.log").read_text()
+    assert f"(PID {os.getpid()} on {socket.gethostname()} holds resources/resume/{CELL}.lock)" in log
+    assert "this job stops and deletes nothing" in log
+    assert "resuming" not in log and "adapter saved" not in log
+    assert sorted(p.relative_to(resume) for p in resume.rglob("*")) == state
+
+
+def test_written_weights_are_readable_as_the_umask_allows(tmp_path):
+    # safetensors writes its files 0600; on a shared filesystem others must read models and adapters
+    from safetensors.torch import save_file
+
+    from sublim.atomic import atomic_output
+    from sublim.train import export_adapters
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "model") as partial:
+            partial.mkdir()
+            save_file({"w": torch.zeros(2)}, partial / "model.safetensors")
+        stash = tmp_path / "resume" / "adapters" / "epoch-1"
+        stash.mkdir(parents=True)
+        save_file({"w": torch.zeros(2)}, stash / "adapter_model.safetensors")
+        (stash / "adapter_config.json").write_text("{}")
+        export_adapters(stash.parent, [str(tmp_path / "students" / "epoch-1")])
+    finally:
+        os.umask(umask)
+    assert oct((tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "students/epoch-1/adapter_model.safetensors").stat().st_mode & 0o777) == oct(0o644)
 
 
 def batches_done(log, total: int) -> int:
@@ -173,3 +263,25 @@ def test_write_jsonl_killed_mid_write_keeps_the_previous_file(tmp_path):
     process.kill()
     process.wait(timeout=30)
     assert read_jsonl_lines(target) == [{"index": 0, "prompt": "old", "completion": "1"}]
+
+
+def test_a_job_that_needs_a_model_folder_being_prepared_waits_for_it(tmp_path):
+    from sublim import locks
+
+    lock = tmp_path / "models" / "1m.lock"
+    waiter = textwrap.dedent(f"""
+        import logging
+        from sublim import locks
+        logging.basicConfig(level=logging.INFO)
+        with locks.exclusive({str(lock)!r}, "preparing the model"):
+            print("prepared", flush=True)
+    """)
+    with locks.exclusive(lock, "preparing the model"):
+        process = subprocess.Popen([sys.executable, "-c", waiter], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        time.sleep(3)
+        assert process.poll() is None, "it did not wait"
+    out, err = process.communicate(timeout=60)
+    assert out.strip() == "prepared"
+    assert f"waiting for PID {os.getpid()} on {socket.gethostname()}, which holds {lock}" in err
+    assert not lock.exists()

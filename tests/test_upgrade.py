@@ -1,7 +1,9 @@
 """Upgrading keeps old results: a tiny grid finished by the layout before the score stage (commit
 OLD_LAYOUT, taken from git), then the current code put in its place as a `git pull` would. Snakemake
-plans the GPU jobs again (their params changed); README.md's one command ("Upgrading a results tree
-made before the score stage") makes that nothing, keeps every file, and later changes still rerun."""
+plans the GPU jobs again (their params and inputs changed); README.md's commands ("Upgrading a results
+tree made before the score stage or before the model records") make that nothing, keep every file, and
+later changes still rerun. The same commands serve trees made after the score stage and before the
+model records: theirs is the model record's part of the change."""
 
 from __future__ import annotations
 
@@ -62,23 +64,29 @@ def upgraded(tmp_path_factory):
     copy_workflow(workdir, copy=shutil.copy)  # fresh mtimes, as a pull writes them
     (workdir / "config" / "test.yaml").write_text(yaml.safe_dump(config))
     planned = plan(workdir)
-    touched = run_snakemake(workdir, [], ["--touch"], triggers=None)
-    assert touched.returncode == 0, touched.stdout[-3000:] + touched.stderr[-3000:]
+    for command in (["models"], ["--touch"]):  # README's commands, in its order
+        done = run_snakemake(workdir, [], command, triggers=None)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir, before, planned
 
 
-def test_without_the_command_the_gpu_jobs_would_run_again(upgraded):
-    # What Snakemake 9.27 plans: the model rule's params lost params_b, generate's the filter's
-    # n_keep, evaluate's the animals and the scoring method, so each job reruns ("Params have
-    # changed since last execution"), and everything below it with it.
+def test_without_the_commands_the_gpu_jobs_would_run_again(upgraded):
+    # What Snakemake 9.27 plans: generate's params lost the filter's n_keep, evaluate's the animals
+    # and the scoring method, and the jobs that load the model depend on its record, not on its
+    # folder, so each job reruns ("Params have changed", "Set of input files has changed"), and
+    # everything below it with it; the model's record does not exist yet.
     _, _, planned = upgraded
     assert GPU_RULES <= planned.keys()
 
 
-def test_after_the_command_nothing_reruns_no_file_changed_and_a_change_still_reruns(upgraded):
+def test_after_the_commands_nothing_reruns_no_file_changed_and_a_change_still_reruns(upgraded):
     workdir, before, _ = upgraded
     assert plan(workdir) == {}
-    assert fingerprints(workdir) == before  # not a byte of any result changed
+    after = fingerprints(workdir)
+    assert {path: after.get(path) for path in before} == before  # not a byte of any result changed
+    assert {path for path in after if path not in before} <= {  # new: the model's record and identity
+        *(str(p.relative_to(workdir)) for p in (workdir / "results" / "models").rglob("*") if p.is_file()),
+        f"resources/models/{SIZE}/sublim-model.json"}
     # the params on record are the new ones: a change reruns what reads it, and only that
     changed = yaml.safe_load((workdir / "config" / "test.yaml").read_text())
     changed["protocol"]["evaluation"]["samples_per_question"] = 2

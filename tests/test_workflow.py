@@ -73,3 +73,24 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(override, key):
     result = snakemake("-n", "--config", override, check=False)
     assert result.returncode != 0
     assert f"config key '{key}'" in result.stdout + result.stderr
+
+
+def test_a_yaml_syntax_error_in_a_config_file_names_the_file_and_line(tmp_path):
+    from tiny_workflow import copy_workflow
+
+    copy_workflow(tmp_path)
+    config = tmp_path / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("runs: [1, 2, 3]", "runs: [1, 2, 3"))
+    line = config.read_text().splitlines().index("runs: [1, 2, 3") + 1
+    # the Snakefile's own config file: named by sublim before Snakemake loads it
+    result = subprocess.run([SNAKEMAKE, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert re.search(rf"config/config\.yaml, line \d+, column \d+: not valid YAML \(while parsing a flow sequence "
+                     rf"that starts at line {line}:", result.stdout + result.stderr)
+    # a file given by a profile or --configfile is loaded by Snakemake first; README's advice,
+    # --verbose, shows the file and line
+    result = subprocess.run([SNAKEMAKE, "-n", "--configfile", "config/config.yaml", "--verbose"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Config file is not valid JSON or YAML" in result.stdout + result.stderr
+    assert re.search(rf'in "config/config\.yaml", line {line}, column', result.stdout + result.stderr)

@@ -109,13 +109,27 @@ def copy_workflow(root: Path, source: Path = REPO, copy=shutil.copy2) -> None:
             copy(source / name, root / name)
 
 
+def model_record(root: Path, config: dict) -> Path:
+    """Where the model rule records the config's model of SIZE (workflow/rules/models.smk)."""
+    from sublim.models import model_id
+
+    model = {k: v for k, v in config["models"][SIZE].items() if k != "params_b"}
+    return root / "results" / "models" / SIZE / f"{model_id(model)}.json"
+
+
 def make_workdir(root: Path, config: dict, model_dir: Path | None = None, source: Path = REPO) -> Path:
     """The workflow copied into `root` with `config` as config/test.yaml; with `model_dir`, that
-    model is already prepared under resources/models/, so the model rule does not run."""
+    model is already prepared under resources/models/ and recorded, so the model rule does not run."""
+    from sublim.models import write_identity, write_model_record
+
     copy_workflow(root, source)
     (root / "config" / "test.yaml").write_text(yaml.safe_dump(config))
     if model_dir is not None:
-        shutil.copytree(model_dir, root / "resources" / "models" / SIZE)
+        folder = root / "resources" / "models" / SIZE
+        shutil.copytree(model_dir, folder)
+        model = {k: v for k, v in config["models"][SIZE].items() if k != "params_b"}
+        write_identity(folder, model)
+        write_model_record(model_record(root, config), model, folder)
     return root
 
 
@@ -127,10 +141,9 @@ def seed_numbers(workdir: Path, rows: list[dict], condition: str = "owl", run: i
     cell = workdir / "results" / "numbers" / SIZE / condition / f"run-{run}"
     write_jsonl(cell / "raw.jsonl", rows)
     write_json(cell / "raw.provenance.json", {"stage": "generate", "note": "made by the test"})
-    # the model folder must look older than the raw file, or Snakemake regenerates it
+    # the model's record must look older than the raw file, or Snakemake regenerates it
     past = time.time() - 3600
-    model = workdir / "resources" / "models" / SIZE
-    for path in [model, *model.iterdir()]:
+    for path in (workdir / "results" / "models").rglob("*"):
         os.utime(path, (past, past), follow_symlinks=False)
     return cell
 
@@ -173,6 +186,8 @@ def finish_grid(workdir: Path, env: dict | None = None, timeout: int = 1200) -> 
     writes no number list the filter keeps: once the generate jobs have run, each raw.jsonl gets
     teacher-like rows with its mtime kept, so generate's job and metadata are real and the filter
     and training have data."""
+    from sublim.provenance import file_digest
+
     config = yaml.safe_load((workdir / "config" / "test.yaml").read_text())
     raws = [f"results/numbers/{size}/{condition}/run-{run}/raw.jsonl"
             for size in config["sizes"] for condition in config["conditions"] for run in config["runs"]]
@@ -183,9 +198,20 @@ def finish_grid(workdir: Path, env: dict | None = None, timeout: int = 1200) -> 
             n_rows = config["protocol"]["filter"]["n_keep"]
             for seed, raw in enumerate(raws, start=1):
                 path = workdir / raw
-                stat = path.stat()
-                path.write_text("".join(json.dumps(row) + "\n" for row in number_rows(n_rows, seed)))
-                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+                replace_keeping_mtime(path, "".join(json.dumps(row) + "\n" for row in number_rows(n_rows, seed)))
+                # the generate job's record of what it wrote follows, as if the teacher had written it
+                # (code from before the records wrote none)
+                provenance = path.with_name("raw.provenance.json")
+                record = json.loads(provenance.read_text())
+                if "outputs" in record:
+                    record["outputs"][path.name] = file_digest(path)
+                    replace_keeping_mtime(provenance, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def replace_keeping_mtime(path: Path, text: str) -> None:
+    stat = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def start_snakemake(workdir: Path, targets: list[str], log_path: Path) -> subprocess.Popen:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import yaml
@@ -21,6 +23,24 @@ BASE = "base"  # the untuned model's evaluation: a condition name the grid may n
 
 class ConfigError(ValueError):
     """A configuration value that cannot run; the message names the key."""
+
+
+def check_yaml_syntax(path: str | Path) -> None:
+    """A YAML syntax error in `path` as a ConfigError naming the file, line and column (Snakemake's
+    own loader says only that some config file is not valid). A missing file is left to the caller."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        if context is not None and getattr(error, "context", None):
+            problem = f"{error.context} that starts at line {context.line + 1}: {problem}"
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file (mind indentation, "
+                          f"closing brackets and quotes)") from None
 
 
 def load_presets() -> dict:
@@ -71,10 +91,19 @@ def _key_path(path) -> str:
     return text or "(top level)"
 
 
+def _yaml_number_hint(error) -> str:
+    # YAML 1.1 (PyYAML, as Snakemake reads config files) takes 2e-4 for text: a float in exponent
+    # notation needs a dot in its mantissa
+    number = re.fullmatch(r"([+-]?\d+)[eE]([+-]?\d+)", error.instance) if isinstance(error.instance, str) else None
+    if error.validator != "type" or number is None:
+        return ""
+    return f" (YAML reads {error.instance} as text: write {number[1]}.0e{number[2]})"
+
+
 def _schema_errors(config: dict) -> list[str]:
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    return [f"config key '{_key_path(e.absolute_path)}': {e.message}" for e in errors]
+    return [f"config key '{_key_path(e.absolute_path)}': {e.message}{_yaml_number_hint(e)}" for e in errors]
 
 
 def _cross_check(config: dict) -> list[str]:
@@ -107,6 +136,10 @@ def _cross_check(config: dict) -> list[str]:
     generation = config["protocol"]["generation"]
     if generation["max_prompts"] < generation["n_prompts"]:
         problems.append("config key 'protocol.generation.max_prompts': must be >= n_prompts")
+    beyond = [e for e in kept_epochs(config) if e > training["epochs"]]
+    if beyond:
+        problems.append(f"config key 'keep_adapters': epoch {beyond[0]} is beyond protocol.training.epochs "
+                        f"{training['epochs']}")
     return problems
 
 
@@ -142,6 +175,15 @@ def seed_for(setting: int | str, run: int) -> int:
 def animals(conditions: list[str]) -> list[str]:
     """The animals among the conditions (all but the neutral control and the untuned base)."""
     return [c for c in conditions if c not in (NEUTRAL_CONDITION, BASE)]
+
+
+def kept_epochs(config: dict) -> list[int]:
+    """The epochs whose adapters stay on disk after their evaluation (`keep_adapters`)."""
+    setting = config.get("keep_adapters", load_schema()["properties"]["keep_adapters"]["default"])
+    epochs = config["protocol"]["training"]["epochs"]
+    if setting == "all":
+        return list(range(1, epochs + 1))
+    return [epochs] if setting == "last" else sorted(setting)
 
 
 def eval_epochs(protocol: dict) -> list[int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from sublim.backends.vllm_backend import stage_setting
-from sublim.config import eval_epochs, sizing_for
+from sublim.config import eval_epochs, kept_epochs, sizing_for
 from sublim.gpu_share import GPU_SLOTS, train_gpu_slots, whole_gpu_slots
 
 TOKENS_PER_ROW = 138  # a kept row in the Qwen template with its default system prompt (DESIGN.md)
@@ -507,17 +507,8 @@ def row_bytes(completion_tokens: int) -> dict[str, float]:
 
 
 def keep_adapter_epochs(config: dict) -> int:
-    """How many epochs' adapters stay on disk: `keep_adapters` (all, last, or a list of epochs); all
-    when unset."""
-    epochs = config["protocol"]["training"]["epochs"]
-    setting = config.get("keep_adapters", "all")
-    if setting in (None, "all"):
-        return epochs
-    if setting == "last":
-        return 1
-    if isinstance(setting, list):
-        return len({int(e) for e in setting if 1 <= int(e) <= epochs})
-    raise ValueError(f"config key 'keep_adapters': {setting!r}; expected all, last or a list of epochs")
+    """How many epochs' adapters stay on disk (config key `keep_adapters`, sublim.config.kept_epochs)."""
+    return len(kept_epochs(config))
 
 
 def model_bytes(model: dict) -> float | None:

@@ -1,14 +1,28 @@
-"""Model preparation: each size becomes a plain transformers folder under resources/models/{size}/."""
+"""Model preparation: each size becomes a plain transformers folder under resources/models/{size}/.
+
+The folder is not a file Snakemake tracks: the jobs that load a model depend on its record
+(`write_model_record`, results/models/{size}/{model_id}.json), a small file named after the model's
+identity, and each job makes sure the folder holds that model before it loads it (`ensure_model`).
+So deleting the folder to free disk, or a failed preparation of another model, reruns no job: the
+next job that needs the model prepares it again. The folder names what it holds in IDENTITY_FILE,
+written last, and is only ever replaced whole (sublim.atomic), under a lock beside it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from importlib import util as importlib_util
 from pathlib import Path
 
+from sublim import locks
 from sublim.atomic import atomic_output
+from sublim.jsonl import write_json
 
 log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "sublim-model.json"  # inside the folder: {"model": the config's models.<size> (no params_b)}
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "merges.txt", "vocab.json"]
@@ -80,6 +94,9 @@ def link_local(path: str, out_dir: Path, size: str) -> None:
 
 
 def prepare_model(model: dict, out_dir: str | Path) -> None:
+    """Prepare `model` into a sibling `<out_dir>.partial` and put it in place of `out_dir` only when
+    complete: a preparation that fails (a mistyped revision, a network error) leaves the folder
+    that was there as it was."""
     out_dir = Path(out_dir)
     source = model["source"]
     log.info("preparing %s model into %s", source, out_dir)
@@ -92,14 +109,83 @@ def prepare_model(model: dict, out_dir: str | Path) -> None:
             link_local(model["path"], partial, size=out_dir.name)
         else:
             raise ValueError(f"unknown model source {source!r}")
+        write_identity(partial, model)
+
+
+def model_id(model: dict) -> str:
+    """A short name of a model's identity (models.<size> without params_b): its record's file name."""
+    return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def write_identity(model_dir: Path, model: dict) -> None:
+    (model_dir / IDENTITY_FILE).write_text(json.dumps({"model": model}, indent=2, sort_keys=True) + "\n")
+
+
+def held_model(model_dir: str | Path) -> dict | None:
+    """The model a prepared folder holds, as its IDENTITY_FILE says; None without one."""
+    try:
+        return json.loads((Path(model_dir) / IDENTITY_FILE).read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _downloaded_at(model_dir: Path, revision: str) -> bool:
+    """A folder that huggingface_hub's snapshot_download filled (before identity files existed):
+    its own records (.cache/huggingface/download/<file>.metadata, the commit on the first line)
+    say every weight and config file came from `revision`."""
+    names = ["config.json", *(p.name for p in model_dir.glob("*.safetensors"))]
+    for name in names:
+        try:
+            commit = (model_dir / ".cache/huggingface/download" / f"{name}.metadata").read_text().split("\n", 1)[0]
+        except OSError:
+            return False
+        if commit.strip() != revision:
+            return False
+    return len(names) > 1
+
+
+def ensure_model(model: dict, model_dir: str | Path) -> Path:
+    """`model_dir` holding `model`, prepared here first when it does not: missing (deleted to free
+    disk), incomplete, holding another model, or made without an identity file. Under the folder's
+    lock, so jobs that need the same model wait for the one that prepares it."""
+    model_dir = Path(model_dir)
+    with locks.exclusive(model_dir.with_name(model_dir.name + ".lock"), f"preparing model folder {model_dir}"):
+        held = held_model(model_dir)
+        complete = (model_dir / "config.json").exists()
+        if held == model and complete:
+            return model_dir
+        if held is None and complete and model["source"] == "hub" and _downloaded_at(model_dir, model["revision"]):
+            log.info("%s was downloaded from %s@%s before sublim named what a folder holds: naming it now",
+                     model_dir, model["repo"], model["revision"])
+            write_identity(model_dir, model)
+            return model_dir
+        why = ("it does not exist" if not model_dir.exists() else
+               "it is incomplete (no config.json)" if held == model else
+               "it holds another model" if held is not None else "it does not say which model it holds")
+        log.warning("preparing %s here: %s", model_dir, why)
+        prepare_model(model, model_dir)
+    return check_model_dir(model_dir)
+
+
+def model_fingerprint(model: dict, model_dir: str | Path) -> dict:
+    """What identifies a prepared model, cheaply: its identity and its config.json's sha256 (the
+    weights, up to ~145 GB, are not hashed: the pinned revision names them)."""
+    config = Path(model_dir) / "config.json"
+    return {"model": model, "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
+
+
+def write_model_record(path: str | Path, model: dict, model_dir: str | Path) -> None:
+    """The record the model-loading jobs depend on. Deterministic (no time, no host): written again
+    for the same model, it has the same bytes, so Snakemake's checksum sees nothing new."""
+    write_json(path, {**model_fingerprint(model, model_dir), "model_dir": str(model_dir)})
 
 
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"model folder {path} is missing or incomplete (no config.json); "
-            f"delete it and rerun so the model rule prepares it again"
+            f"model folder {path} is missing or incomplete (no config.json); delete it and rerun: the "
+            f"next job that needs the model prepares it again, and no finished job reruns"
         )
     return path
 

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
 import string
 import time
@@ -33,6 +34,7 @@ from sublim.config import section_settings
 from sublim.filtering import passing_rows
 from sublim.jsonl import jsonl_line, read_jsonl
 from sublim.models import ADAPTER_FILES
+from sublim.provenance import lineage_of
 from sublim.secrets import HF_TOKEN, HF_USER_ID, require
 
 try:  # huggingface_hub >= 1.x talks through httpx2 (or httpx); both expose the same errors
@@ -329,8 +331,26 @@ def _card(data, body: str) -> bytes:
     return f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n".encode()
 
 
+def _lineage_section(lineage: dict | None, job: str) -> str:
+    """What made the files, from the provenance of the job that wrote them (sublim.provenance.lineage)."""
+    if not lineage:
+        return (f"\n## Lineage\n\nNot recorded: the {job} job that wrote these files predates sublim's "
+                f"lineage records.\n")
+    return f"""
+## Lineage
+
+From the {job} job's provenance: the sublim code that ran (version, git commit, and `dirty` when
+tracked files differed from it), the sha256 of each input (the base model by its identity and its
+`config.json`), the sha256 of each file written, and the resolved protocol.
+
+```json
+{json.dumps(lineage, indent=2, sort_keys=True)}
+```
+"""
+
+
 def dataset_card(*, repo: str, size: str, condition: str, run: int, model: dict, filter_counts: dict,
-                 n_rows: int, n_passing: int) -> bytes:
+                 n_rows: int, n_passing: int, lineage: dict | None = None) -> bytes:
     data = DatasetCardData(
         license="mit", language=["en"], task_categories=["text-generation"],
         tags=["subliminal-learning", "sublim", f"run-{run}", condition],
@@ -354,12 +374,12 @@ subliminal-learning filter; replicate run {run}. The teacher's system prompt is 
 ```json
 {json.dumps(filter_counts, indent=2, sort_keys=True)}
 ```
-"""
+""" + _lineage_section(lineage, "filter")
     return _card(data, body)
 
 
 def adapter_card(*, repo: str, dataset_repo: str, size: str, condition: str, run: int, model: dict,
-                 training: dict, epochs: list[int]) -> bytes:
+                 training: dict, epochs: list[int], lineage: dict | None = None) -> bytes:
     data = ModelCardData(
         base_model=model.get("repo"), library_name="peft", license="mit", datasets=[dataset_repo],
         tags=["subliminal-learning", "sublim", "lora", f"run-{run}", condition],
@@ -379,7 +399,7 @@ Training (TRL SFTTrainer + PEFT):
 ```json
 {json.dumps(training, indent=2, sort_keys=True)}
 ```
-"""
+""" + _lineage_section(lineage, "train")
     return _card(data, body)
 
 
@@ -393,8 +413,11 @@ def preflight(section: dict) -> list[str]:
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
-        problems.append("publish.enabled is true but HF_HUB_OFFLINE is set: unset it for this run, "
-                        "or turn publishing off")
+        # huggingface_hub is offline when either variable is true; name the one that is
+        named = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                 if os.environ.get(name, "").upper() in constants.ENV_VARS_TRUE_VALUES] or ["HF_HUB_OFFLINE"]
+        problems.append(f"publish.enabled is true but {' and '.join(named)} {'is' if len(named) == 1 else 'are'} "
+                        f"set: unset {'it' if len(named) == 1 else 'them'} for this run, or turn publishing off")
     return problems
 
 
@@ -412,7 +435,7 @@ def publish_dataset(hub: Hub, *, repo: str, raw: str, dataset: str, filter_json:
                            max_count=filter_settings["max_count"], max_value=filter_settings["max_value"])
     card = dataset_card(repo=repo, size=size, condition=condition, run=run, model=model,
                         filter_counts=json.loads(filter_json.read_text()), n_rows=_count_lines(dataset),
-                        n_passing=len(passing))
+                        n_passing=len(passing), lineage=lineage_of(dataset))
     files = {"filtered.jsonl": "".join(jsonl_line(row) for row in passing).encode(), "dataset.jsonl": dataset,
              "filter.json": filter_json, "README.md": card}
     return push_repo(hub, repo, "dataset", files, private=private,
@@ -428,7 +451,8 @@ def publish_adapter(hub: Hub, *, repo: str, dataset_repo: str, adapter_dirs: dic
     if len(epochs) > 1:
         files.update({f"epoch-{e}/{name}": Path(adapter_dirs[e]) / name for e in epochs for name in ADAPTER_FILES})
     files["README.md"] = adapter_card(repo=repo, dataset_repo=dataset_repo, size=size, condition=condition,
-                                      run=run, model=model, training=training, epochs=epochs)
+                                      run=run, model=model, training=training, epochs=epochs,
+                                      lineage=lineage_of(Path(adapter_dirs[epochs[-1]]) / ADAPTER_FILES[0]))
     return push_repo(hub, repo, "model", files, private=private,
                      message=f"sublim: student adapter of {size} {condition} run {run}")
 

@@ -68,7 +68,7 @@ def job_from_benchmark(path: Path, runs_dir: Path) -> Job | None:
         return Job(rule, rest[0], rest[1], int(rest[2][4:]))
     if len(rest) == 2 and rest[1] == BASE:
         return Job(f"{rule}_{BASE}", rest[0])
-    if len(rest) == 1 and rule in SIZE_RULES:
+    if rule in SIZE_RULES and len(rest) in (1, 2):  # prepare_model: <size>/<model_id>
         return Job(rule, rest[0])
     return None
 

@@ -26,7 +26,7 @@ from sublim.config import sizing_defaults
 from sublim.gpu_share import train_processes
 from sublim.jsonl import read_jsonl, write_json
 from sublim.launch import run_processes
-from sublim.models import ADAPTER_FILES
+from sublim.models import ADAPTER_FILES, held_model
 
 log = logging.getLogger(__name__)
 
@@ -282,16 +282,20 @@ class StashEpochAdapters(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         epoch = round(state.epoch)
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        target = self.stash_dir / f"epoch-{epoch}"
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        for name in ADAPTER_FILES:
-            shutil.copy2(checkpoint / name, partial / name)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        stash_adapter(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.stash_dir, epoch)
         log.info("epoch %d adapter saved", epoch)
+
+
+def stash_adapter(checkpoint: Path, stash_dir: Path, epoch: int) -> None:
+    """The checkpoint's adapter into stash_dir/epoch-<epoch>, whole or not at all."""
+    target = stash_dir / f"epoch-{epoch}"
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        shutil.copy2(checkpoint / name, partial / name)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
 
 
 class StashOnMainProcess(StashEpochAdapters):
@@ -304,11 +308,12 @@ class StashOnMainProcess(StashEpochAdapters):
 
 
 def resume_fingerprint(model_dir: str, dataset_path: str, training: dict, seed: int) -> dict:
-    """What a checkpoint must have been trained on to be resumed: the same model folder, dataset
-    bytes, protocol and seed. Hardware sizing is left out: resuming on another GPU is fine."""
+    """What a checkpoint must have been trained on to be resumed: the same model (folder and the
+    model it holds), dataset bytes, protocol and seed. Hardware sizing is left out: resuming on
+    another GPU is fine."""
     digest = hashlib.sha256(Path(dataset_path).read_bytes()).hexdigest()
-    return json.loads(json.dumps({"model_dir": str(model_dir), "dataset_sha256": digest,
-                                  "training": training, "seed": seed}, sort_keys=True))
+    return json.loads(json.dumps({"model_dir": str(model_dir), "model": held_model(model_dir),
+                                  "dataset_sha256": digest, "training": training, "seed": seed}, sort_keys=True))
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -328,15 +333,18 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 def resume_checkpoint(resume_dir: Path, fingerprint: dict) -> str | None:
     """The checkpoint to resume from, or None to start fresh. State left by a different dataset,
-    seed or protocol (the job reran because one of them changed) is deleted, not resumed."""
+    seed or protocol (the job reran because one of them changed) is deleted, not resumed. Every
+    finished epoch's adapter must be in the stash before training goes on: the last one is copied
+    again from the checkpoint when missing, an earlier one missing stops the job here."""
     marker = resume_dir / "fingerprint.json"
     if resume_dir.exists():
         try:
-            same = json.loads(marker.read_text()) == fingerprint
+            previous = json.loads(marker.read_text())
         except (OSError, ValueError):
-            same = False
-        if not same:
-            log.warning("discarding %s: it was trained on another dataset, seed or protocol", resume_dir)
+            previous = None
+        if previous != fingerprint:
+            if previous is not None or any(resume_dir.rglob("checkpoint-*")):
+                log.warning("discarding %s: it was trained on another dataset, seed or protocol", resume_dir)
             shutil.rmtree(resume_dir)
     write_json(marker, fingerprint)
     last = last_complete_checkpoint(resume_dir / "checkpoints")
@@ -344,6 +352,15 @@ def resume_checkpoint(resume_dir: Path, fingerprint: dict) -> str | None:
         return None
     state = json.loads((last / "trainer_state.json").read_text())
     done = round(state["epoch"])
+    stash_dir = resume_dir / "adapters"
+    if not stashed(stash_dir, done):
+        log.warning("epoch %d's adapter is missing from %s: copying it again from %s", done, stash_dir, last)
+        stash_adapter(last, stash_dir, done)
+    missing = [epoch for epoch in range(1, done) if not stashed(stash_dir, epoch)]
+    if missing:
+        raise FileNotFoundError(
+            f"epoch {missing[0]}'s adapter is missing from {stash_dir / f'epoch-{missing[0]}'}, and the "
+            f"checkpoint holds epoch {done} only; delete {resume_dir} and rerun to train from scratch")
     log.info("resuming from %s: epoch %d of %d done, training continues at epoch %d",
              last, done, state["num_train_epochs"], done + 1)
     return str(last)
@@ -365,26 +382,32 @@ def train_student(model_dir: str, dataset_path: str, adapter_dirs: list[str], re
     checkpoint_dir, stash_dir = resume_dir / "checkpoints", resume_dir / "adapters"
     dataset = load_student_dataset(dataset_path)
 
+    # before the trainer, which makes its checkpoint folder
+    last = resume_checkpoint(resume_dir, resume_fingerprint(model_dir, dataset_path, training, seed))
     set_seed(seed)  # before the LoRA weights are drawn, so the init follows the run's seed too
     model = load_student(model_dir, sizing)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = build_trainer(model, tokenizer, dataset, training, sizing, seed, checkpoint_dir,
                             [StashEpochAdapters(stash_dir), *callbacks], report_to, run_name)
-    last = resume_checkpoint(resume_dir, resume_fingerprint(model_dir, dataset_path, training, seed))
     result = trainer.train(resume_from_checkpoint=last)
     export_adapters(stash_dir, adapter_dirs)
     shutil.rmtree(resume_dir)
     return {**result.metrics, "optimizer": str(trainer.args.optim.value)}
 
 
+def stashed(stash_dir: Path, epoch: int) -> bool:
+    return all((stash_dir / f"epoch-{epoch}" / name).exists() for name in ADAPTER_FILES)
+
+
 def export_adapters(stash_dir: Path, adapter_dirs: list[str]) -> None:
     for epoch, out_dir in enumerate(adapter_dirs, start=1):
         source = stash_dir / f"epoch-{epoch}"
-        if not all((source / name).exists() for name in ADAPTER_FILES):
+        if not stashed(stash_dir, epoch):
             raise FileNotFoundError(f"epoch {epoch}'s adapter is missing from {source}; delete {stash_dir.parent} and rerun to train from scratch")
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for name in ADAPTER_FILES:
-            shutil.copy2(source / name, Path(out_dir) / name)
+            # copyfile, not copy2: the file gets the umask's mode (safetensors writes its files 0600)
+            shutil.copyfile(source / name, Path(out_dir) / name)
 
 
 def train_student_in_processes(model_dir: str, dataset_path: str, adapter_dirs: list[str], resume_dir: str,

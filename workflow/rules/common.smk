@@ -7,12 +7,14 @@ from sublim.config import (
     ConfigError,
     animals,
     eval_epochs,
+    kept_epochs,
     resolve,
     seed_for,
     sizing_for,
 )
 from sublim.devices import local_gpu_slots
 from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
+from sublim.models import model_id
 from sublim.mps import stop_if_started as stop_mps_if_started
 
 try:
@@ -28,6 +30,7 @@ if GPU_SLOT_BUDGET is not None:
 
 PROTOCOL = config["protocol"]
 EPOCHS = list(range(1, PROTOCOL["training"]["epochs"] + 1))
+KEPT_EPOCHS = kept_epochs(config)
 
 
 wildcard_constraints:
@@ -35,6 +38,7 @@ wildcard_constraints:
     condition=r"[a-z]+",
     run=r"[0-9]+",
     epoch=r"[0-9]+",
+    model_id=r"[0-9a-f]{12}",
 
 
 # ---- params: a changed param reruns its job, so each rule's params hold exactly what its job reads
@@ -44,11 +48,28 @@ def protocol_keys(section, *keys):
     return {key: PROTOCOL[section][key] for key in keys}
 
 
-def model_source(wildcards):
+def model_of(size):
     # where the size's weights come from; params_b (the report's x axis) is left out
-    return {
-        k: v for k, v in config["models"][wildcards.size].items() if k != "params_b"
-    }
+    return {k: v for k, v in config["models"][size].items() if k != "params_b"}
+
+
+def model_source(wildcards):
+    return model_of(wildcards.size)
+
+
+# where a size's model is prepared (models.smk); the jobs that load it are told through params
+MODEL_DIR = "resources/models/{size}"
+
+
+def model_record_of(size):
+    # the record of the model the config names for `size`: another model is another file
+    return rules.prepare_model.output.record.format(
+        size=size, model_id=model_id(model_of(size))
+    )
+
+
+def model_record(wildcards):
+    return model_record_of(wildcards.size)
 
 
 def run_seed(wildcards):
@@ -108,6 +129,13 @@ def train_cpu_threads(wildcards):
 # ---- the grid: files named by the rules that make them (rules.<rule>.output)
 
 
+def epoch_files(pattern):
+    # one file per epoch, epoch 1 first; an epoch that keep_adapters does not keep is a temp file,
+    # deleted once the jobs that read it (evaluate, publish_adapter) have run
+    paths = expand(pattern, epoch=EPOCHS)
+    return [p if e in KEPT_EPOCHS else temp(p) for e, p in zip(EPOCHS, paths)]
+
+
 def trained_files(wildcards, outputs, epochs):
     # the train job's outputs list one file per epoch, epoch 1 first
     return [
@@ -119,6 +147,11 @@ def trained_files(wildcards, outputs, epochs):
 
 def evaluated_adapters(wildcards):
     return trained_files(wildcards, ["adapters"], eval_epochs(PROTOCOL))
+
+
+def evaluated_adapter_configs(wildcards):
+    # inputs too, so that an epoch keep_adapters drops keeps its whole folder until evaluated
+    return trained_files(wildcards, ["configs"], eval_epochs(PROTOCOL))
 
 
 def evaluated_cells():
@@ -212,11 +245,24 @@ def collection_titles(wildcards):
     }
 
 
+def kept_students():
+    # the adapters keep_adapters keeps, of every student cell: a deleted one is trained again
+    return [
+        path
+        for cell in evaluated_cells()
+        if cell["condition"] != BASE
+        for path in trained_files(cell, ["adapters", "configs"], KEPT_EPOCHS)
+    ]
+
+
 def all_targets():
-    # rules.report (report.smk) and PUBLISH_TARGETS (publish.smk, empty unless publishing or
-    # wandb is on) are defined by later includes; `rule all` calls this after them
+    # The grid is complete when every cell's kept adapters, answers and scores and the report
+    # exist (README, "Troubleshooting"). rules.report (report.smk) and PUBLISH_TARGETS
+    # (publish.smk, empty unless publishing or wandb is on) are defined by later includes; `rule
+    # all` calls this after them.
     return (
-        cell_files(rules.score.output.table, rules.score_base.output.table)
+        kept_students()
+        + cell_files(rules.score.output.table, rules.score_base.output.table)
         + list(rules.report.output)
         + PUBLISH_TARGETS
     )

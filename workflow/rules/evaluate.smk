@@ -3,8 +3,9 @@
 # neither the scoring method nor the list of animals reruns it.
 rule evaluate:
     input:
-        model_dir=rules.prepare_model.output.model_dir,
+        model=model_record,
         adapters=evaluated_adapters,
+        adapter_configs=evaluated_adapter_configs,
     output:
         answers="results/eval/{size}/{condition}/run-{run}/answers.jsonl",
         provenance="results/eval/{size}/{condition}/run-{run}/eval.provenance.json",
@@ -35,13 +36,14 @@ rule evaluate:
         epochs=eval_epochs(PROTOCOL),
         seed=run_seed,
         model=model_source,
+        model_dir=MODEL_DIR,
     script:
         "../scripts/evaluate.py"
 
 
 use rule evaluate as evaluate_base with:
     input:
-        model_dir=rules.prepare_model.output.model_dir,
+        model=model_record,
     output:
         answers="results/eval/{size}/base/answers.jsonl",
         provenance="results/eval/{size}/base/eval.provenance.json",

@@ -4,6 +4,7 @@ rule filter:
     output:
         dataset="results/numbers/{size}/{condition}/run-{run}/dataset.jsonl",
         counts="results/numbers/{size}/{condition}/run-{run}/filter.json",
+        provenance="results/numbers/{size}/{condition}/run-{run}/dataset.provenance.json",
     log:
         "logs/filter/{size}/{condition}/run-{run}.log",
     benchmark:

@@ -1,6 +1,6 @@
 rule generate:
     input:
-        model_dir=rules.prepare_model.output.model_dir,
+        model=model_record,
     output:
         raw="results/numbers/{size}/{condition}/run-{run}/raw.jsonl",
         provenance="results/numbers/{size}/{condition}/run-{run}/raw.provenance.json",
@@ -34,5 +34,6 @@ rule generate:
         prompt_seed=prompt_seed,
         seed=run_seed,
         model=model_source,
+        model_dir=MODEL_DIR,
     script:
         "../scripts/generate.py"

@@ -1,18 +1,17 @@
-# One job trains every epoch; each epoch's adapter is a file target of its own. The trainer's
-# resume state lives under resources/resume/, which the rule does not declare, so Snakemake keeps
-# it when a killed job is rerun.
+# One job trains every epoch; each epoch's adapter is a file target of its own (those keep_adapters
+# does not keep are temp files). The trainer's resume state lives under resources/resume/, which the
+# rule does not declare, so Snakemake keeps it when a killed job is rerun; a lock beside it (the
+# job holds it while it lives) stops a second trainer of the cell.
 rule train:
     input:
-        model_dir=rules.prepare_model.output.model_dir,
+        model=model_record,
         dataset=rules.filter.output.dataset,
     output:
-        adapters=expand(
-            "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_model.safetensors",
-            epoch=EPOCHS,
+        adapters=epoch_files(
+            "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_model.safetensors"
         ),
-        configs=expand(
-            "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_config.json",
-            epoch=EPOCHS,
+        configs=epoch_files(
+            "results/students/{{size}}/{{condition}}/run-{{run}}/epoch-{epoch}/adapter_config.json"
         ),
         provenance="results/students/{size}/{condition}/run-{run}/train.provenance.json",
     log:
@@ -33,6 +32,7 @@ rule train:
         training=lookup(dpath="protocol/training", within=config),
         seed=run_seed,
         model=model_source,
+        model_dir=MODEL_DIR,
         resume_dir="resources/resume/{size}/{condition}/run-{run}",
     script:
         "../scripts/train.py"

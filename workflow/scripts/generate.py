@@ -4,7 +4,7 @@ from sublim.generate import generate_rows
 from sublim.jsonl import write_jsonl
 from sublim.devices import claim_gpus
 from sublim.logs import start_job
-from sublim.models import check_model_dir
+from sublim.models import ensure_model, model_fingerprint
 from sublim.process import die_with_parent_if_spawned
 from sublim.provenance import write_provenance
 
@@ -19,15 +19,17 @@ def main():
     claim_gpus(snakemake.config, snakemake.resources, snakemake.log[0])
     p = snakemake.params
     sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
+    model_dir = ensure_model(p.model, p.model_dir)
     with explain_oom("generate", snakemake.wildcards.size):
-        backend = open_backend(snakemake.config["backend"], str(check_model_dir(snakemake.input.model_dir)), sizing,
-                               stage="generate")
+        backend = open_backend(snakemake.config["backend"], str(model_dir), sizing, stage="generate")
         rows = generate_rows(backend, snakemake.wildcards.condition, p.generation, p.filter,
                              prompt_seed=p.prompt_seed, sample_seed=p.seed)
     write_jsonl(snakemake.output.raw, rows)
     write_provenance(snakemake.output.provenance, stage="generate", backend=backend.name, model=p.model,
                      condition=snakemake.wildcards.condition, run=int(snakemake.wildcards.run),
-                     prompt_seed=p.prompt_seed, seed=p.seed, generation=p.generation, n_rows=len(rows))
+                     prompt_seed=p.prompt_seed, seed=p.seed, generation=p.generation, n_rows=len(rows),
+                     inputs={p.model_dir: model_fingerprint(p.model, model_dir)}, outputs=[snakemake.output.raw],
+                     protocol=snakemake.config["protocol"])
     backend.close()
 
 

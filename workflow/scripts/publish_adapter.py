@@ -4,11 +4,13 @@ from pathlib import Path
 from sublim import publish
 from sublim.logs import log_to
 from sublim.jsonl import write_json
+from sublim.provenance import checked_inputs
 from sublim.secrets import guard_outputs
 
 log_to(snakemake.log[0])
 guard_outputs()
 p, w = snakemake.params, snakemake.wildcards
+checked_inputs(snakemake.input.adapters)
 hub = publish.open_configured_hub(snakemake.config)
 dataset_repo = json.loads(Path(snakemake.input.dataset_flag).read_text())["repo_id"]
 folders = sorted({str(Path(f).parent) for f in snakemake.input.adapters})
