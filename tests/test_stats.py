@@ -11,7 +11,8 @@ import pytest
 from scipy import stats as st
 
 from sublim.config import load_presets
-from sublim.evaluate import ask_questions
+from sublim.backends import chat_one_by_one
+from sublim.evaluate import evaluate_students
 from sublim.generate import generate_rows
 from sublim.stats import (
     MEAN_OF_ANIMALS,
@@ -270,13 +271,16 @@ class SeedRecorder:
         self.seeds.append(seed)
         return ["Owl."] * len(conversations)
 
+    def chat_many(self, calls, sampling, desc=""):
+        return chat_one_by_one(self, calls, sampling, desc)
+
 
 def test_both_conditions_of_a_run_sample_with_the_same_seeds():
     preset = load_presets()["seed"]
     students = SeedRecorder()
     for adapter in ("results/students/7b/owl/run-1/epoch-3", "results/students/7b/neutral/run-1/epoch-3",
                     "results/students/7b/owl/run-2/epoch-3"):
-        ask_questions(students, preset["evaluation"], seed=int(adapter.split("run-")[1][0]), adapter=adapter, epoch=3)
+        evaluate_students(students, {3: adapter}, preset["evaluation"], seed=int(adapter.split("run-")[1][0]))
     assert students.seeds[0] == students.seeds[1] != students.seeds[2]
     teachers = SeedRecorder()
     for condition in ("owl", "neutral"):

@@ -46,7 +46,8 @@ import pandas as pd
 from scipy import special
 from scipy import stats as st
 
-from sublim.config import BASE, NEUTRAL
+from sublim.config import BASE
+from sublim.protocol import NEUTRAL_CONDITION as NEUTRAL
 
 LEVEL = 0.95
 EXACT_SIGN_FLIP_MAX = 16
