@@ -213,10 +213,12 @@ def collection_titles(wildcards):
 
 
 def all_targets():
-    # rules.report (report.smk) and PUBLISH_TARGETS (publish.smk, empty unless publishing or
-    # wandb is on) are defined by later includes; `rule all` calls this after them
+    # rules.report, rules.power (report.smk), rules.reference_seed (reference.smk) and
+    # PUBLISH_TARGETS (publish.smk, empty unless publishing or wandb is on) are defined by later
+    # includes; `rule all` calls this after them
     return (
         cell_files(rules.score.output.table, rules.score_base.output.table)
         + list(rules.report.output)
+        + [rules.reference_seed.output.table, rules.power.output.table]
         + PUBLISH_TARGETS
     )
