@@ -14,6 +14,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/p_animal.smk"
 include: "workflow/rules/publish.smk"
 
 

@@ -414,6 +414,50 @@ def plot_survey(table: pd.DataFrame, sizes: list[str], out: str | Path, top: int
     _save(fig, out)
 
 
+@slide
+def plot_p_animal(table: pd.DataFrame, scaling: pd.DataFrame, out: str | Path) -> None:
+    """P(animal) beside the sampled rate, each size's final epoch. Left: transmission (animal student −
+    neutral student, mean over animals) by size in both metrics, with 95 % intervals. Right: per (size,
+    animal), each student's mean P(animal) against its sampled rate for that animal."""
+    fig, axes = _figure(1, 2)
+    left, right = axes[0]
+    overall = final_epoch(scaling).sort_values("params_b")
+    left.set_title("animal student − neutral student, mean over animals")
+    if overall.empty or overall["p_animal_minus_neutral"].isna().all():
+        _message(left, "no animal and neutral students in this grid:\nthis comparison is not available")
+    else:
+        for column, factor, color, label in (("sampled_animal_minus_neutral", 0.95, "C3", "sampled rate"),
+                                              ("p_animal_minus_neutral", 1.05, "C2", "P(animal)")):
+            left.errorbar(overall["params_b"] * factor, _pp(overall[column]), yerr=_error(overall, column), color=color,
+                          lw=2.5, marker="o", ms=9, capsize=6, label=f"{label}, 95 % interval")
+        left.axhline(0, color="black", lw=1)
+        _size_axis(left, overall)
+        left.set_ylabel(DIFF_LABEL.replace("rate", "rate or P(animal)"))
+        left.grid(alpha=0.3)
+    cells = final_epoch(table)
+    right.set_title("per size and animal: P(animal) against the sampled rate")
+    if cells.empty:
+        _message(right, "no animal students in this grid")
+    else:
+        top = 0.0
+        for side in ("base", "neutral_student", "animal_student"):
+            x, y = _pp(cells[f"sampled_{side}_rate"]), _pp(cells[f"{side}_p_animal"])
+            right.scatter(x, y, s=70, color=COLORS[side], label=SIDE_LABELS[side], alpha=0.8)
+            top = max(top, float(np.nanmax(np.concatenate([x, y]), initial=0.0)))
+        top = max(top * 1.05, 1.0)
+        right.plot([0, top], [0, top], color=GREY["line"], ls="--", lw=1.2, label="P(animal) = sampled rate")
+        right.set_xlim(0, top)
+        right.set_ylim(0, top)
+        right.set_xlabel("sampled rate naming the animal (%)")
+        right.set_ylabel("P(animal), mean over questions (%)")
+        right.grid(alpha=0.3)
+    _shared_legend(fig, axes)
+    epochs = sorted(overall["epoch"].unique()) if not overall.empty else []
+    fig.suptitle("P(animal) from logprobs beside the sampled rate"
+                 + (f", final epoch ({', '.join(map(str, epochs))})" if epochs else ""))
+    _save(fig, out)
+
+
 # --- the plots of the report rule ---------------------------------------------------------------
 
 def build_plots(tables: dict[str, pd.DataFrame], outputs: dict, *, sizes: list[str], conditions: list[str]) -> None:

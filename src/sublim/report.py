@@ -6,7 +6,8 @@ epoch 0. The grid may be any subset of sizes, conditions and runs; a comparison 
 it is NaN, and the row's `note` says why. Beside each estimate: Benjamini–Hochberg q-values over the
 cells of an epoch, the seed's published rates where it has the same cell (sublim.reference; `seed_note`
 says what is missing or to be read with care) and the scaling trend (sublim.stats.scaling_trend).
-Column meanings: README.md, "Results". The slide plots drawn from these tables: sublim.plots.
+`p_animal_tables` computes the same statistics on P(animal) (sublim.p_animal) for the report_p_animal
+rule. Column meanings: README.md, "Results". The slide plots drawn from these tables: sublim.plots.
 """
 
 from __future__ import annotations
@@ -432,3 +433,78 @@ def build_tables(cells: list[Cell], outputs: dict, *, sizes: list[str], conditio
     for name, table in tables.items():
         table.to_csv(outputs[name], index=False)
     return tables
+
+
+# --- P(animal) (sublim.p_animal) beside the sampled rate -------------------------------------------
+
+P_ANIMAL_REQUIRED = ("epoch", "question_index", "animal", "p_animal")
+P_ANIMAL_RATES = ["size", "condition", "run", "epoch", "question_index", "animal", "rate"]
+# the sampled rate's columns of transmission.csv / scaling.csv set beside P(animal), as `sampled_…`
+SAMPLED = ["animal_student_rate", "neutral_student_rate", "base_rate", "animal_minus_neutral",
+           "animal_minus_neutral_lo", "animal_minus_neutral_hi", "animal_minus_neutral_p"]
+
+
+def read_p_animal(size: str, condition: str, run: int, path: str | Path) -> pd.DataFrame:
+    """A cell's p_animal.csv, named by the rule, as per-question rates in the report's question_rates
+    layout (`rate` = P(animal))."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the workflow so the p_animal rule makes it")
+    frame = pd.read_csv(path)
+    missing = [c for c in P_ANIMAL_REQUIRED if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the p_animal rule")
+    frame["size"], frame["condition"], frame["run"] = size, condition, int(run)
+    return frame.rename(columns={"p_animal": "rate"})[P_ANIMAL_RATES]
+
+
+def _renamed(columns: list[str]) -> dict[str, str]:
+    """transmission's column names for P(animal): `<side>_rate…` → `<side>_p_animal…`, `animal_minus_…` →
+    `p_animal_minus_…`."""
+    names = {}
+    for column in columns:
+        for side in SIDES:
+            if column.startswith(f"{side}_rate"):
+                names[column] = f"{side}_p_animal" + column[len(f"{side}_rate"):]
+        if column.startswith(tuple(COMPARISONS)):
+            names[column] = "p_" + column
+    return names
+
+
+def _statistics(table: pd.DataFrame, columns: list[str], seed_columns: list[str]) -> pd.DataFrame:
+    kept = [c for c in columns if c not in seed_columns]
+    table = add_qvalues(table, P_COLUMNS)[kept] if not table.empty else table[kept]
+    return table.rename(columns=_renamed(kept))
+
+
+def _beside(table: pd.DataFrame, sampled: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """The sampled rate's columns (`sampled_…`) joined on `key`, before `note`; NaN where the sampled
+    table has no such row."""
+    sampled = sampled[key + SAMPLED].rename(columns={c: f"sampled_{c}" for c in SAMPLED})
+    joined = table.merge(sampled, on=key, how="left")
+    return joined[[c for c in joined.columns if c != "note"] + ["note"]]
+
+
+def p_animal_tables(cells: list[tuple[dict, str | Path]], sampled: pd.DataFrame, sampled_scaling: pd.DataFrame, *,
+                    sizes: list[str], conditions: list[str], params_b: dict[str, float]
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """p_animal.csv and p_animal_scaling.csv: the report's transmission and scaling statistics computed on
+    P(animal) (each question's probability in place of its sampled rate; same intervals, tests and
+    q-values), with the sampled rate's columns of transmission.csv (`sampled`) and scaling.csv
+    (`sampled_scaling`) beside them. `cells`: each cell ({size, condition, run}) with its p_animal.csv."""
+    grid_animals = animals(conditions)
+    frames = [read_p_animal(cell["size"], cell["condition"], cell["run"], path) for cell, path in cells]
+    rates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=P_ANIMAL_RATES)
+    for (size, condition, run), rows in rates.groupby(["size", "condition", "run"]):
+        absent = sorted(set(grid_animals) - set(rows["animal"]))
+        if absent:
+            raise ValueError(f"{size}/{condition}/run-{run}: p_animal.csv has no {', '.join(absent)}; rerun "
+                             f"its job (`snakemake --forcerun p_animal p_animal_base`)")
+    rates = rates[rates["animal"].isin(grid_animals)]
+    index = RateIndex(rates)
+    present = rates[["size", "condition", "epoch"]].drop_duplicates()
+    per_animal = _statistics(transmission(index, present, sizes, grid_animals, params_b), TRANSMISSION_COLUMNS,
+                             SEED_TRANSMISSION)
+    per_size = _statistics(scaling(index, present, sizes, grid_animals, params_b), SCALING_COLUMNS, SEED_SCALING)
+    return (_beside(per_animal, sampled, ["size", "animal", "epoch"]),
+            _beside(per_size, sampled_scaling, ["size", "epoch"]))

@@ -8,12 +8,14 @@ from sublim.config import (
     animals,
     eval_epochs,
     resolve,
+    section_settings,
     seed_for,
     sizing_for,
 )
 from sublim.devices import local_gpu_slots
 from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
 from sublim.mps import stop_if_started as stop_mps_if_started
+from sublim.p_animal import candidates as p_animal_candidates
 
 try:
     config.update(resolve(config))
@@ -213,12 +215,13 @@ def collection_titles(wildcards):
 
 
 def all_targets():
-    # rules.report, rules.power (report.smk), rules.reference_seed (reference.smk) and
-    # PUBLISH_TARGETS (publish.smk, empty unless publishing or wandb is on) are defined by later
-    # includes; `rule all` calls this after them
+    # rules.report, rules.power (report.smk), rules.reference_seed (reference.smk), P_ANIMAL_TARGETS
+    # (p_animal.smk, empty unless p_animal is on) and PUBLISH_TARGETS (publish.smk, empty unless
+    # publishing or wandb is on) are defined by later includes; `rule all` calls this after them
     return (
         cell_files(rules.score.output.table, rules.score_base.output.table)
         + list(rules.report.output)
         + [rules.reference_seed.output.table, rules.power.output.table]
+        + P_ANIMAL_TARGETS
         + PUBLISH_TARGETS
     )
