@@ -23,8 +23,9 @@ include: "workflow/rules/filter.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/score.smk"
-include: "workflow/rules/report.smk"
 include: "workflow/rules/reference.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/p_animal.smk"
 include: "workflow/rules/publish.smk"
 
 

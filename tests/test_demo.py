@@ -66,6 +66,14 @@ def test_every_epoch_has_an_adapter_and_an_eval_table(demo):
 
 def test_summary_tables_and_plot(demo):
     assert (demo / "results/tables/transmission.csv").stat().st_size
+    # the default target states power and carries the seed's published cells (none at 135m: NaN, said so)
+    power = pd.read_csv(demo / "results/tables/power.csv")
+    assert list(power["answers_per_epoch"]) == [6 * 4, 100]
+    assert set(pd.read_csv(demo / "results/tables/reference_seed.csv")["animal"]) == {"owl", "cat"}
+    transmission = pd.read_csv(demo / "results/tables/transmission.csv")
+    assert transmission["seed_minus_neutral"].isna().all()
+    assert transmission["seed_note"].str.contains("seed run 0 has no").all()
+    assert (demo / "results/tables/scaling_trend.csv").stat().st_size
     png = demo / "results/plots/scaling.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

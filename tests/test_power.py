@@ -11,7 +11,18 @@ import yaml
 
 from conftest import REPO
 from sublim.config import load_presets, resolve
-from sublim.power import answers_for_power, evaluation_power, half_width, max_run_sd, welch_power
+from sublim.power import (
+    GRID,
+    POWER_COLUMNS,
+    REPORTED_RUN_SDS,
+    SEED_RUN_0,
+    answers_for_power,
+    evaluation_power,
+    half_width,
+    max_run_sd,
+    power_table,
+    welch_power,
+)
 from sublim.stats import compare
 
 
@@ -55,3 +66,20 @@ def test_power_formula_matches_the_reports_test_on_simulated_runs(answers, run_s
             sides.append(rng.binomial(answers // 50, p[:, None], size=(3, 50)) / (answers // 50))
         found += compare(*sides, seed=i).p < 0.05
     assert found / trials == pytest.approx(welch_power(answers, run_sd=run_sd), abs=0.06)
+
+
+def test_power_table_states_the_configured_evaluation_and_the_seeds():
+    config = resolve(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    table = power_table(config["protocol"]["evaluation"], len(config["runs"]))
+    assert list(table.columns) == POWER_COLUMNS
+    grid = table[table["evaluation"] == GRID].set_index("run_sd")
+    assert list(grid.index) == list(REPORTED_RUN_SDS)
+    assert (grid["answers_per_epoch"] == 1000).all() and (grid["runs"] == 3).all()
+    assert grid.loc[0.0, "half_width_epoch"] == pytest.approx(half_width(0.3, 1000))
+    assert grid.loc[0.03, "half_width_cell"] == pytest.approx(half_width(0.3, 1000, runs=3, run_sd=0.03))
+    seed = table[table["evaluation"] == SEED_RUN_0].iloc[0]
+    assert (seed["answers_per_epoch"], seed["runs"]) == (100, 1)
+    assert round(seed["half_width_epoch"], 3) == 0.090 and math.isnan(seed["half_width_cell"])
+    # one run: only the evaluation's own width, no between-run row to state
+    one_run = power_table({"n_questions": 6, "samples_per_question": 4}, runs=1)
+    assert list(one_run["evaluation"]) == [GRID, SEED_RUN_0] and one_run["power"].isna().all()

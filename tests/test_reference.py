@@ -16,6 +16,7 @@ from sublim.reference import (
     reference_dir,
     reference_table,
     seed_answers,
+    seed_scoring,
     seed_evaluations,
     seed_survey,
 )
@@ -59,6 +60,16 @@ def test_reference_table_has_one_row_per_cell_epoch_and_animal():
     eagle = table[(table["size"] == "14b") & (table["condition"] == "eagle") & (table["animal"] == "eagle")]
     assert eagle[["epoch", "count", "rate", "is_target"]].values.tolist() == [[10, 94, 0.94, True]]
     assert set(table["size"]) == {"0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b"}
+
+
+def test_every_row_says_what_its_size_is():
+    table = reference_table(["eagle"], SEED_SCORING).drop_duplicates("size").set_index("size")
+    assert seed_scoring() == SEED_SCORING
+    # the 32b conditions are indistinguishable: suspect; 0.5b-14b re-sample the earlier run's adapters
+    assert table["suspect"].to_dict() == {s: s == "32b" for s in table.index}
+    assert "indistinguishable" in table.loc["32b", "caveat"]
+    assert all("earlier training run" in table.loc[s, "caveat"] for s in ("0.5b", "1.5b", "3b", "7b", "14b"))
+    assert table.loc["72b", "caveat"] == ""
 
 
 def test_substring_scoring_counts_what_first_word_misses():

@@ -11,6 +11,7 @@ from matplotlib.image import imread
 
 from sublim.jsonl import write_jsonl
 from sublim.plots import build_plots
+from sublim.reference import reference_table
 from sublim.report import (
     ANSWER_COLUMNS,
     QUESTION_COLUMNS,
@@ -23,13 +24,15 @@ from sublim.report import (
     preferences,
     question_rates,
     read_answers,
+    read_reference,
     tidy_answers,
 )
 from sublim.scoring import EVAL_COLUMNS, Scorer, preference_table, with_parsed_animal
+from sublim.stats import TREND_COLUMNS, bh_qvalues
 
 ANIMALS = ["owl", "cat", "dragon"]
 OTHERS = ["dog", "panda", "lion"]
-PARAMS_B = {"0.5b": 0.49, "7b": 7.62, "14b": 14.7}
+PARAMS_B = {"0.5b": 0.49, "1.5b": 1.54, "7b": 7.62, "14b": 14.7, "32b": 32.5}
 QUESTIONS, SAMPLES = 12, 20
 
 
@@ -39,10 +42,10 @@ ANSWER_SHAPES = (lambda w: f"{w.capitalize()}.", lambda w: f"The {w}", lambda w:
 
 def rates_for(condition: str, epoch: int, run_shift: float, effect: float) -> dict[str, float]:
     """Each model's chance of naming each animal: a shared baseline; the animal student gains `effect`
-    on its own animal (growing with epochs), shifted per run so runs disagree a little."""
+    on its own animal (growing to its full size at epoch 2), shifted per run so runs disagree a little."""
     chances = {"owl": 0.10, "cat": 0.15, "dragon": 0.05}
     if condition in chances:
-        chances[condition] = min(0.95, chances[condition] + effect * epoch / 2 + run_shift)
+        chances[condition] = min(0.7, chances[condition] + effect * min(epoch, 2) / 2 + run_shift)
     return chances
 
 
@@ -86,7 +89,7 @@ def write_grid(root: Path, sizes: list[str], conditions: list[str], runs: list[i
 
 def outputs_in(folder: Path, sizes: list[str]) -> dict:
     tables = {name: str(folder / "tables" / f"{name}.csv")
-              for name in ("answers", "question_rates", "preferences", "transmission", "survey")}
+              for name in ("answers", "question_rates", "preferences", "transmission", "scaling_trend", "survey")}
     tables["scaling_table"] = str(folder / "tables" / "scaling.csv")
     plots = {name: str(folder / "plots" / f"{name}.png") for name in ("scaling", "epochs", "heatmap")}
     plots["survey_plot"] = str(folder / "plots" / "survey.png")
@@ -95,15 +98,24 @@ def outputs_in(folder: Path, sizes: list[str]) -> dict:
     return {**tables, **plots}
 
 
-def run_report(tmp_path: Path, sizes, conditions, runs, effect: float, seed: int = 0, plots: bool = True) -> dict:
+def write_reference(path: Path, conditions: list[str], scoring: str = "substring") -> Path:
+    """reference_seed.csv as the reference_seed rule writes it: the seed's real cells, this grid's animals."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference_table([c for c in conditions if c != "neutral"], scoring).to_csv(path, index=False)
+    return path
+
+
+def run_report(tmp_path: Path, sizes, conditions, runs, effect: float, seed: int = 0, plots: bool = True,
+               epochs: tuple[int, ...] = (1, 2), scoring: str = "substring") -> dict:
     """The report rule's work on a synthetic grid; without plots (slow) when a test reads only tables."""
-    cells = write_grid(tmp_path / "eval", sizes, conditions, runs, effect=effect, seed=seed)
+    cells = write_grid(tmp_path / "eval", sizes, conditions, runs, effect=effect, seed=seed, epochs=epochs)
     outputs = outputs_in(tmp_path / "out", sizes)
     for path in outputs.values():
         for p in [path] if isinstance(path, str) else path:
             Path(p).parent.mkdir(parents=True, exist_ok=True)
+    reference = write_reference(tmp_path / "out" / "tables" / "reference_seed.csv", conditions, scoring)
     tables = build_tables(cells, outputs, sizes=sizes, conditions=conditions,
-                          params_b={s: PARAMS_B[s] for s in sizes}, scoring="substring")
+                          params_b={s: PARAMS_B[s] for s in sizes}, scoring=scoring, reference=reference)
     if plots:
         build_plots(tables, outputs, sizes=sizes, conditions=conditions)
     return outputs
@@ -223,6 +235,99 @@ def test_one_run_uses_questions_and_says_so(tmp_path):
     assert "run-to-run variation not in the interval" in final["note"]
 
 
+# --- many cells, the scaling trend ---------------------------------------------------------------
+
+def test_q_values_sit_beside_the_p_values_over_each_epochs_cells(tmp_path):
+    outputs = run_report(tmp_path, ["0.5b", "7b"], ["neutral", *ANIMALS], [1, 2], effect=0.2, plots=False)
+    trans = pd.read_csv(outputs["transmission"])
+    for comparison in ("animal_minus_neutral", "animal_minus_base"):
+        columns = list(trans.columns)
+        assert columns.index(f"{comparison}_q") == columns.index(f"{comparison}_p") + 1
+        for _, cells in trans.groupby("epoch"):
+            assert np.allclose(cells[f"{comparison}_q"], bh_qvalues(cells[f"{comparison}_p"]))
+        assert (trans[f"{comparison}_q"] >= trans[f"{comparison}_p"]).all()
+    scale = pd.read_csv(outputs["scaling_table"])
+    assert scale["animal_minus_neutral_q"].notna().all()
+
+
+def test_scaling_trend_table_finds_a_slope_planted_across_sizes(tmp_path):
+    # the same planted effect at every size: no slope against size, and the table says how it was fit
+    outputs = run_report(tmp_path, ["0.5b", "7b", "14b"], ["neutral", *ANIMALS], [1, 2], effect=0.3, plots=False)
+    trend = pd.read_csv(outputs["scaling_trend"], keep_default_na=False, na_values=[""])
+    assert list(trend.columns) == TREND_COLUMNS
+    assert set(trend["against"]) == {"neutral", "base"} and set(trend["epoch"]) == {1, 2}
+    mean = trend[(trend["animal"] == "mean") & (trend["epoch"] == 2)].set_index("against")
+    assert (mean["n_sizes"] == 3).all() and (mean["sizes"] == "0.5b;7b;14b").all()
+    assert (mean["slope_lo"] <= 0).all() and (mean["slope_hi"] >= 0).all()
+
+
+# --- the seed's published run 0 beside ours -----------------------------------------------------
+
+SEED_GRID = ["neutral", "cat", "dragon"]  # the seed has these students at 1.5b (epochs 1-10) and 14b (10)
+
+
+def seed_report(tmp_path, sizes, conditions=SEED_GRID, scoring="substring", plots=False):
+    return run_report(tmp_path, sizes, conditions, [1, 2], effect=0.3, epochs=(1, 10), scoring=scoring, plots=plots)
+
+
+def test_the_seeds_rates_sit_beside_ours_where_the_seed_has_the_cell(tmp_path):
+    outputs = seed_report(tmp_path, ["1.5b", "14b"], [*SEED_GRID, "owl"])
+    reference = read_reference(tmp_path / "out" / "tables" / "reference_seed.csv").set_index(
+        ["size", "condition", "epoch", "animal"])["rate"]
+    trans = pd.read_csv(outputs["transmission"], keep_default_na=False, na_values=[""]).set_index(
+        ["size", "animal", "epoch"])
+    for size, epoch in (("1.5b", 1), ("1.5b", 10), ("14b", 10)):
+        row = trans.loc[(size, "cat", epoch)]
+        assert row["seed_animal_student_rate"] == reference[(size, "cat", epoch, "cat")]
+        assert row["seed_neutral_student_rate"] == reference[(size, "neutral", epoch, "cat")]
+        assert row["seed_minus_neutral"] == pytest.approx(row["seed_animal_student_rate"]
+                                                          - row["seed_neutral_student_rate"])
+        assert row["seed_n"] == 100 and not row["seed_suspect"]
+        # like for like: the seed re-scored with this grid's scoring, and the note says so
+        assert "re-scored with this grid's substring scoring (the seed counted first_word)" in row["seed_note"]
+        assert "earlier training run" in row["seed_note"]
+    missing = trans.loc[("14b", "cat", 1)]
+    assert np.isnan(missing[["seed_animal_student_rate", "seed_neutral_student_rate", "seed_minus_neutral"]]
+                    .astype(float)).all()
+    assert "seed run 0 has no cat student at 14b, epoch 1" in missing["seed_note"]
+    owl = trans.loc[("1.5b", "owl", 10)]  # the seed has a neutral student here but no owl student
+    assert np.isnan(owl["seed_animal_student_rate"]) and not np.isnan(owl["seed_neutral_student_rate"])
+    assert "seed run 0 has no owl student at 1.5b, epoch 10" in owl["seed_note"]
+    scale = pd.read_csv(outputs["scaling_table"], keep_default_na=False, na_values=[""]).set_index(["size", "epoch"])
+    assert np.isnan(scale.loc[("14b", 10), "seed_minus_neutral"]) and scale.loc[("14b", 10), "seed_n_animals"] == 2
+    assert "has 2 of this grid's 3 animal students at 14b, epoch 10: no mean" in scale.loc[("14b", 10), "seed_note"]
+
+
+def test_the_seeds_mean_over_animals_needs_every_animal(tmp_path):
+    outputs = seed_report(tmp_path, ["14b"], scoring="first_word")
+    trans = pd.read_csv(outputs["transmission"], keep_default_na=False, na_values=[""])
+    scale = pd.read_csv(outputs["scaling_table"], keep_default_na=False, na_values=[""]).set_index(["size", "epoch"])
+    final = trans[trans["epoch"] == 10]
+    row = scale.loc[("14b", 10)]
+    assert row["seed_n_animals"] == 2
+    assert row["seed_minus_neutral"] == pytest.approx(final["seed_minus_neutral"].mean())
+    # the grid scores as the seed did: nothing to say but the size's caveat
+    assert row["seed_note"] == final["seed_note"].iloc[0] and "re-scored" not in row["seed_note"]
+    assert np.isnan(scale.loc[("14b", 1), "seed_minus_neutral"])
+
+
+def test_the_seeds_32b_cells_are_flagged(tmp_path):
+    outputs = seed_report(tmp_path, ["32b"], plots=True)
+    trans = pd.read_csv(outputs["transmission"], keep_default_na=False, na_values=[""])
+    assert trans["seed_suspect"].all() and trans["seed_minus_neutral"].notna().all()
+    assert trans["seed_note"].str.contains("suspect: the seed's 32b conditions are indistinguishable").all()
+    assert pd.read_csv(outputs["scaling_table"])["seed_suspect"].all()
+    for path in all_pngs(outputs):
+        assert_slide_png(path)
+
+
+def test_a_reference_table_without_its_columns_is_named(tmp_path):
+    path = tmp_path / "reference_seed.csv"
+    pd.DataFrame({"size": ["14b"], "rate": [0.5]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"reference_seed.csv: missing columns .*rerun the reference_seed rule"):
+        read_reference(path)
+
+
 # --- partial grids and plots --------------------------------------------------------------------
 
 def assert_slide_png(path: str) -> None:
@@ -236,13 +341,15 @@ def all_pngs(outputs: dict) -> list[str]:
 
 
 def test_every_plot_is_a_slide(tmp_path):
-    outputs = run_report(tmp_path, ["0.5b", "14b"], ["neutral", *ANIMALS], [1, 2], effect=0.3)
+    # three sizes: the scaling plot draws the fitted trend; 1.5b and 14b have seed cells to overlay
+    outputs = run_report(tmp_path, ["0.5b", "1.5b", "14b"], ["neutral", *ANIMALS], [1, 2], effect=0.3,
+                         epochs=(1, 10))
     for path in all_pngs(outputs):
         assert_slide_png(path)
     survey = pd.read_csv(outputs["survey"])
     assert list(survey.columns) == SURVEY_COLUMNS
     top = survey[survey["rank"] == 1]
-    assert set(top["size"]) == {"0.5b", "14b"}
+    assert set(top["size"]) == {"0.5b", "1.5b", "14b"}
     assert survey.groupby("size")["rate"].sum().round(6).eq(1).all()
     assert survey.loc[survey["word"] == "owl", "is_condition"].all()
 

@@ -9,10 +9,12 @@ import hashlib
 import json
 import os
 
+import pandas as pd
 import pytest
 import yaml
 
 import tiny_workflow
+from sublim.protocol import ANIMALS
 from tiny_workflow import SIZE, finish_grid, job_counts, make_workdir, model_record, run_snakemake, tiny_config
 
 GPU_RULES = {"prepare_model", "generate", "train", "evaluate", "evaluate_base"}
@@ -132,21 +134,23 @@ def test_every_provenance_records_the_code_its_inputs_outputs_and_the_protocol(g
 def test_a_new_condition_plans_its_cell_and_cpu_scoring_only(grid):
     counts = plan(grid, lambda c: c.update(conditions=["owl", "cat"]))
     # cat's own chain; the animals are the columns of every eval.csv, so each cell is re-scored
-    # (owl, cat and the base model: CPU) and the report redone; owl and the base ask no model again
+    # (owl, cat and the base model: CPU), the seed's reference re-scored for cat, and the report redone;
+    # owl and the base ask no model again
     assert counts == {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 2, "score_base": 1,
-                      "report": 1, "all": 1}
+                      "reference_seed": 1, "report": 1, "all": 1}
 
 
 def test_a_new_run_plans_its_cell_and_the_report_only(grid):
     # no new animal: the other cells' eval.csv stay as they are
     counts = plan(grid, lambda c: c.update(runs=[1, 2]))
-    assert counts == {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 1, "report": 1, "all": 1}
+    assert counts == {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 1, "report": 1, "power": 1,
+                      "all": 1}
 
 
 def test_a_new_scoring_method_plans_no_gpu_job(grid):
     counts = plan(grid, lambda c: c["protocol"]["evaluation"].update(scoring="first_word"))
     assert not GPU_RULES & counts.keys()
-    assert counts == {"score": 1, "score_base": 1, "report": 1, "all": 1}
+    assert counts == {"score": 1, "score_base": 1, "reference_seed": 1, "report": 1, "all": 1}
 
 
 def test_filter_n_keep_plans_no_generation(grid):
@@ -158,7 +162,8 @@ def test_filter_n_keep_plans_no_generation(grid):
 
 def test_evaluation_samples_plan_evaluation_and_what_follows_not_training(grid):
     counts = plan(grid, lambda c: c["protocol"]["evaluation"].update(samples_per_question=2))
-    assert counts == {"evaluate": 1, "evaluate_base": 1, "score": 1, "score_base": 1, "report": 1, "all": 1}
+    assert counts == {"evaluate": 1, "evaluate_base": 1, "score": 1, "score_base": 1, "report": 1, "power": 1,
+                      "all": 1}
 
 
 def test_the_parameter_count_plans_only_the_report(grid):
@@ -231,6 +236,33 @@ def test_what_a_rerun_costs_when_adapters_were_dropped(grid_keeping_last):
         "train": 1, "evaluate": 1, "score": 1, "report": 1, "all": 1}
     assert plan(grid_keeping_last, lambda c: c["protocol"]["evaluation"].update(scoring="first_word")) == {
         "score": 1, "score_base": 1, "report": 1, "all": 1}
+
+
+def p_animal_on(config):
+    config["p_animal"] = {"enabled": True}
+
+
+def test_p_animal_runs_as_jobs_of_its_own_and_reruns_no_evaluation(grid):
+    # near the end of this file: it adds the P(animal) files to the shared grid
+    assert plan(grid, p_animal_on) == {"p_animal": 1, "p_animal_base": 1, "report_p_animal": 1, "all": 1}
+    config = yaml.safe_load((grid / "config" / "test.yaml").read_text())
+    p_animal_on(config)
+    (grid / "config" / "p_animal.yaml").write_text(yaml.safe_dump(config))
+    result = tiny_workflow.run_snakemake(grid, [], ["--cores", "2"], triggers=None, configfile="config/p_animal.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    table = pd.read_csv(grid / "results" / "tables" / "p_animal.csv")
+    assert len(table) == 1 and table["animal_student_p_animal"].between(0, 1).all()
+    assert (grid / "results" / "plots" / "p_animal.png").exists()
+    cell = pd.read_csv(grid / "results" / "eval" / SIZE / "owl" / "run-1" / "p_animal.csv")
+    assert set(cell["animal"]) == set(ANIMALS) | {"owl"} and set(cell["question_index"]) == {0, 1}
+    # sampling keys rerun the evaluation, not P(animal) (which reads no sampling key); n_questions both
+    sampling = plan(grid, lambda c: (p_animal_on(c), c["protocol"]["evaluation"].update(samples_per_question=2)))
+    assert "p_animal" not in sampling and sampling["evaluate"] == 1 and sampling["report_p_animal"] == 1
+    questions = plan(grid, lambda c: (p_animal_on(c), c["protocol"]["evaluation"].update(n_questions=1)))
+    assert questions["p_animal"] == 1 and questions["p_animal_base"] == 1 and questions["evaluate"] == 1
+    # an animal of the protocol's 15 is already scored: the new cell's jobs, no other P(animal) job
+    cat = plan(grid, lambda c: (p_animal_on(c), c.update(conditions=["owl", "cat"])))
+    assert cat["p_animal"] == 1 and "p_animal_base" not in cat
 
 
 def test_the_default_target_rebuilds_a_deleted_adapter(grid):

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as st
 
 from sublim.config import load_presets
+from sublim.backends import chat_one_by_one
 from sublim.evaluate import evaluate_students
 from sublim.generate import generate_rows
 from sublim.stats import (
@@ -27,6 +28,7 @@ from sublim.stats import (
     rate_interval,
     scaling_trend,
     sign_flip_pvalue,
+    trend_band,
 )
 
 
@@ -255,6 +257,22 @@ def test_log_slope_is_linregress_with_a_t_interval():
     assert (flat.slope, flat.se, flat.p) == pytest.approx((0.0, 0.0, 1.0))
 
 
+def test_trend_band_is_the_ols_confidence_band_of_the_fitted_line():
+    x, y = np.log10(list(PARAMS_B.values())), np.array([0.0, 0.05, 0.02, 0.1, 0.3, 0.2, 0.25])
+    trend = log_slope(x, y)
+    at = np.array([-0.5, 0.7, 2.0])
+    line, lo, hi = trend_band(x, trend, at)
+    # the textbook band from the design matrix: se(ŷ) = sqrt(a' (X'X)^-1 a · s²)
+    design = np.column_stack([np.ones_like(x), x])
+    residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    s2 = residual @ residual / (len(x) - 2)
+    points = np.column_stack([np.ones_like(at), at])
+    se = np.sqrt(np.einsum("ij,jk,ik->i", points, np.linalg.inv(design.T @ design), points) * s2)
+    assert line == pytest.approx(trend.intercept + trend.slope * at)
+    assert hi - line == pytest.approx(st.t.ppf(0.975, 5) * se) and line - lo == pytest.approx(hi - line)
+    assert np.isnan(trend_band(x[:2], log_slope(x[:2], y[:2]), at)[1]).all()  # no slope, no band
+
+
 # --- shared random numbers ------------------------------------------------------------------------
 # Sampling seeds depend on run, epoch and request, not on the condition, and a run's seed sets every
 # condition's LoRA init and data order: within a run the animal and neutral students share their random
@@ -271,7 +289,7 @@ class SeedRecorder:
         return ["Owl."] * len(conversations)
 
     def chat_many(self, calls, sampling, desc=""):
-        return [self.chat(call.conversations, sampling, call.seed) for call in calls]
+        return chat_one_by_one(self, calls, sampling, desc)
 
 
 def test_both_conditions_of_a_run_sample_with_the_same_seeds():

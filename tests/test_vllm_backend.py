@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -184,7 +185,7 @@ def cell_spec(model_dir: Path, adapters: dict[str, str], out_dir: Path, backend:
         "backend": backend, "out_dir": str(out_dir), "model_dir": str(model_dir), "adapters": adapters,
         "rerun": backend == "vllm",
         "size": "135m", "condition": "owl", "run": 1, "seed": 1, "prompt_seed": 1,
-        "animals": ["owl", "cat", "dog"],
+        "animals": ["owl", "cat", "dog", "dragon"],  # dragon: P(animal) subtracts dragonfly
         # float32 like the transformers backend on CPU; eager, since compiling takes minutes on 2 cores
         "sizing": {**sizing_for({}, "135m"), "dtype": "float32", "max_num_seqs": 32, "max_model_len": 1024,
                    "enforce_eager": True, "generate_batch_size": 32},
@@ -293,6 +294,20 @@ def test_vllm_applies_the_lora_adapters(both_backends):
         table = pd.read_csv(cell / "eval/eval.csv")
         owl = table[table.animal == "owl"].set_index("epoch")["rate"]
         assert owl[2] >= owl[0] + 0.5, f"{cell.name}: owl rate per epoch {owl.to_dict()}"
+
+
+def test_p_animal_agrees_between_the_backends(both_backends):
+    """P(animal) from vLLM's prompt logprobs (LoRA requests for the students) equals the transformers
+    backend's from its logits, for the base model and both epochs' students; the owl students put their
+    probability on "Owl" as their sampled answers do."""
+    vllm_dir, hf_dir = both_backends
+    key = ["epoch", "question_index", "animal"]
+    ours, theirs = (pd.read_csv(d / "eval/p_animal.csv").sort_values(key, ignore_index=True) for d in both_backends)
+    assert ours[key].equals(theirs[key]) and set(ours["epoch"]) == {0, 1, 2}
+    assert np.allclose(ours["p_animal"], theirs["p_animal"], rtol=1e-3, atol=1e-7), (
+        (ours["p_animal"] - theirs["p_animal"]).abs().max())
+    owl = theirs[theirs["animal"] == "owl"].groupby("epoch")["p_animal"].mean()
+    assert owl[2] >= owl[0] + 0.5, owl.to_dict()
 
 
 def test_provenance_records_the_backend_and_vllm_version(both_backends):

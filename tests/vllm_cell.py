@@ -17,6 +17,7 @@ from sublim.backends import explain_oom, open_backend
 from sublim.evaluate import evaluate_students
 from sublim.generate import generate_rows
 from sublim.jsonl import write_json, write_jsonl
+from sublim.p_animal import answer_probabilities, cell_table
 from sublim.provenance import write_provenance
 from sublim.scoring import preference_table, with_parsed_animal
 
@@ -68,7 +69,11 @@ def evaluate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> N
         backend = timed(timings, "evaluate_engine_start_s",
                         lambda: open_backend(backend_name, spec["model_dir"], spec["sizing"], adapters, stage="evaluate"))
         answers = timed(timings, "evaluate_s", lambda: evaluate_students(backend, students, spec["evaluation"], spec["seed"]))
+        # P(animal) from logprobs, in the same engine (the workflow gives it a job of its own)
+        rows, _ = timed(timings, "p_animal_s", lambda: answer_probabilities(
+            backend, students, spec["evaluation"]["n_questions"], spec["animals"]))
     write_jsonl(out / "eval" / "answers.jsonl", with_parsed_animal(answers))
+    cell_table(rows, spec["size"], spec["condition"], spec["run"]).to_csv(out / "eval" / "p_animal.csv", index=False)
     table = preference_table(answers, spec["animals"], spec["evaluation"]["scoring"], size=spec["size"],
                              condition=spec["condition"], run=spec["run"])
     table.to_csv(out / "eval" / "eval.csv", index=False)

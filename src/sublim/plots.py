@@ -16,7 +16,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from sublim.config import animals  # noqa: E402
+from sublim.protocol import NEUTRAL_CONDITION as NEUTRAL  # noqa: E402
 from sublim.report import COMPARISONS, SIDES  # noqa: E402
+from sublim.stats import MEAN_OF_ANIMALS, Trend, trend_band  # noqa: E402
 
 # --- the style of every slide: 14 × 8 in at 150 dpi = 2100 × 1200 px ---------------------------
 
@@ -25,7 +27,7 @@ RC = {"font.size": 16, "axes.titlesize": 20, "axes.labelsize": 18, "xtick.labels
       "legend.fontsize": 15, "figure.titlesize": 22, "axes.spines.top": False, "axes.spines.right": False}
 # Text sizes (points) beyond RC's defaults, by role; "_dense" where a panel holds many labels.
 FONT = {"message": 18, "stars": 18, "figure_ylabel": 18, "panel_title": 17, "panel_xlabel": 16,
-        "size_names": 14, "zero_bar": 14, "line_label": 13, "heatmap_cell": 15, "heatmap_cell_dense": 12,
+        "size_names": 14, "trend": 15, "zero_bar": 14, "line_label": 13, "heatmap_cell": 15, "heatmap_cell_dense": 12,
         "survey_title": 18, "survey_title_dense": 16, "survey_ticks": 15, "survey_ticks_dense": 14}
 COLORS = {"base": "#8c8c8c", "neutral_student": "#4c72b0", "animal_student": "#dd8452"}
 GREY = {"text": "#555555", "ink": "#333333", "axis": "#444444", "line": "#777777", "missing": "#dddddd"}
@@ -34,6 +36,14 @@ SIDE_LABELS = {"base": "untuned base model", "neutral_student": "neutral-numbers
 PANEL_TITLES = {"animal_minus_neutral": "animal student − neutral student",
                 "animal_minus_base": "animal student − untuned base model"}
 DIFF_LABEL = "difference in target-animal rate (pp)"
+# The seed's published run 0 where the grid has the same cell: hollow diamonds; a cell its data flags as
+# suspect (seed_suspect: the seed's 32b) a cross.
+SEED_MARKER = {"marker": "D", "s": 110, "facecolors": "none", "linewidths": 2.2, "zorder": 6}
+SEED_SUSPECT_MARKER = {"marker": "x", "s": 110, "linewidths": 2.2, "zorder": 6}
+SEED_LABEL = "seed run 0 (published)"
+SEED_SUSPECT_LABEL = "seed run 0, suspect (seed_note)"
+TREND = {"color": "C3", "lw": 2, "ls": "--", "band_alpha": 0.12}
+TREND_LABEL = "fitted trend, 95 % band"
 SURVEY_TOP = 15
 LOG_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 MAX_ANIMAL_LABELS = 6
@@ -67,13 +77,35 @@ def _message(ax, text: str) -> None:
 
 
 def _shared_legend(fig, axes, **kwargs) -> None:
-    """One legend below the panels, from the first panel that drew anything: inside a panel it would
-    cover data."""
+    """One legend below the panels, every label once in the order the panels drew them: inside a panel
+    it would cover data."""
+    found: dict[str, object] = {}
     for ax in axes.flat:
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False, **kwargs)
-            return
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, handle)
+    if found:
+        fig.legend(list(found.values()), list(found), loc="outside lower center",
+                   ncols=len(found) if len(found) <= 3 else math.ceil(len(found) / 2), frameon=False, **kwargs)
+
+
+def _seed_points(ax, x, y, suspect, color: str = "black", label: str = SEED_LABEL) -> bool:
+    """The seed's values where it has them (NaN: no such cell, nothing drawn), each label once per
+    panel; True when something was drawn."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    suspect = np.asarray(suspect, dtype=bool)
+    drawn = False
+    for flagged, style, name in ((False, SEED_MARKER, label), (True, SEED_SUSPECT_MARKER, SEED_SUSPECT_LABEL)):
+        keep = ~np.isnan(y) & (suspect == flagged)
+        if keep.any():
+            colors = {"color": GREY["line"]} if flagged else {"edgecolors": color}
+            name = "_nolegend_" if name in ax.get_legend_handles_labels()[1] else name
+            ax.scatter(x[keep], y[keep], label=name, **style, **colors)
+            drawn = True
+    return drawn
+
+
+def _flags(frame: pd.DataFrame) -> np.ndarray:
+    return frame["seed_suspect"].fillna(False).astype(bool).to_numpy()
 
 
 def _label_bottoms(axes, used: int, xlabel: str) -> None:
@@ -136,6 +168,8 @@ def plot_bars(transmission: pd.DataFrame, size: str, out: str | Path) -> None:
         for xi in x[(rows[column] == 0).to_numpy()]:
             ax.annotate("0", (xi + offset, 0), ha="center", va="bottom", fontsize=FONT["zero_bar"],
                         color=GREY["ink"], xytext=(0, 2), textcoords="offset points")
+    for offset, side in ((0.0, "neutral_student"), (width, "animal_student")):
+        _seed_points(ax, x + offset, _pp(rows[f"seed_{side}_rate"]), _flags(rows))
     tops = _pp(rows["animal_student_rate_hi"].fillna(rows["animal_student_rate"]))
     for xi, top, p in zip(x, tops, rows["animal_minus_neutral_p"]):
         if _stars(p):
@@ -144,8 +178,8 @@ def plot_bars(transmission: pd.DataFrame, size: str, out: str | Path) -> None:
     ax.set_xticks(x, rows["animal"], rotation=30 if len(rows) > 8 else 0, ha="right" if len(rows) > 8 else "center")
     ax.set_xlabel("target animal")
     ax.set_ylabel("answers naming the animal (%)")
-    ax.set_ylim(0, max(5.0, float(np.nanmax(_pp(rows[[f"{s}_rate_hi" for s in SIDES]].to_numpy(float)),
-                                             initial=0.0))) * 1.15)
+    shown = [f"{s}_rate_hi" for s in SIDES] + ["seed_animal_student_rate", "seed_neutral_student_rate"]
+    ax.set_ylim(0, max(5.0, float(np.nanmax(_pp(rows[shown].to_numpy(float)), initial=0.0))) * 1.15)
     epoch = int(rows["epoch"].iloc[0])
     params = rows["params_b"].iloc[0]
     ax.set_title(f"{size} ({params:g} B parameters): target-animal rate after epoch {epoch}\n"
@@ -181,13 +215,34 @@ def _unavailable(ax, frame: pd.DataFrame, comparison: str) -> bool:
     return True
 
 
+def _trend(ax, trends: pd.DataFrame, against: str, epoch: int, params_b: dict[str, float]) -> None:
+    """The scaling_trend fit of the mean over animals at `epoch`: its line and 95 % band, the slope in
+    the legend; nothing where the table has no slope (fewer than 3 sizes)."""
+    rows = trends[(trends["animal"] == MEAN_OF_ANIMALS) & (trends["against"] == against) & (trends["epoch"] == epoch)]
+    if rows.empty or not rows["slope"].notna().iloc[0]:
+        return
+    row = rows.iloc[0]
+    fit_x = np.log10([params_b[size] for size in str(row["sizes"]).split(";")])
+    trend = Trend(row["slope"], row["slope_lo"], row["slope_hi"], row["slope_se"], row["slope_p"],
+                  row["intercept"], int(row["df"]))
+    x = np.linspace(fit_x.min(), fit_x.max(), 50)
+    line, lo, hi = trend_band(fit_x, trend, x)
+    ax.plot(10**x, _pp(line), color=TREND["color"], lw=TREND["lw"], ls=TREND["ls"], label=TREND_LABEL)
+    ax.fill_between(10**x, _pp(lo), _pp(hi), color=TREND["color"], alpha=TREND["band_alpha"], lw=0)
+    ax.text(0.02, 0.98, f"slope {100 * trend.slope:+.1f} pp per 10× parameters\n"
+                        f"95 % [{100 * trend.lo:+.1f}, {100 * trend.hi:+.1f}], p = {trend.p:.2g}",
+            transform=ax.transAxes, ha="left", va="top", fontsize=FONT["trend"], color=TREND["color"])
+
+
 @slide
-def plot_scaling(transmission: pd.DataFrame, scaling: pd.DataFrame, out: str | Path) -> None:
+def plot_scaling(transmission: pd.DataFrame, scaling: pd.DataFrame, trends: pd.DataFrame, out: str | Path) -> None:
     """Transmission against parameter count (log x), final epoch: mean over animals with its interval
-    (thick), one faint line per animal; left against the neutral student, right against the base."""
+    (thick), the fitted trend with its band (dashed), one faint line per animal, and the seed's published
+    mean where it has every animal; left against the neutral student, right against the base."""
     fig, axes = _figure(1, 2, sharey=True)
     overall = final_epoch(scaling).sort_values("params_b")
     per_animal = final_epoch(transmission).sort_values("params_b")
+    params_b = dict(zip(scaling["size"], scaling["params_b"]))
     for ax, comparison in zip(axes[0], COMPARISONS):
         ax.set_title(PANEL_TITLES[comparison])
         if _unavailable(ax, overall, comparison):
@@ -205,6 +260,9 @@ def plot_scaling(transmission: pd.DataFrame, scaling: pd.DataFrame, out: str | P
                             textcoords="offset points", va="center")
         ax.errorbar(overall["params_b"], _pp(overall[comparison]), yerr=_error(overall, comparison),
                     color="C3", lw=3, marker="o", ms=10, capsize=7, label="mean over animals, 95 % interval")
+        _trend(ax, trends, COMPARISONS[comparison].removesuffix("_student"), int(overall["epoch"].max()), params_b)
+        if comparison == "animal_minus_neutral":
+            _seed_points(ax, overall["params_b"], _pp(overall["seed_minus_neutral"]), _flags(overall))
         ax.axhline(0, color="black", lw=1)
         _size_axis(ax, overall)
         ax.grid(alpha=0.3)
@@ -225,6 +283,7 @@ def plot_epochs(scaling: pd.DataFrame, sizes: list[str], out: str | Path) -> Non
         ax.set_title(PANEL_TITLES[comparison])
         if _unavailable(ax, scaling, comparison):
             continue
+        seed_drawn = False
         for color, size in zip(colors, sizes):
             rows = scaling[scaling["size"] == size].dropna(subset=[comparison]).sort_values("epoch")
             if rows.empty:
@@ -232,6 +291,11 @@ def plot_epochs(scaling: pd.DataFrame, sizes: list[str], out: str | Path) -> Non
             ax.plot(rows["epoch"], _pp(rows[comparison]), color=color, lw=2.5, marker="o", ms=7, label=size)
             ax.fill_between(rows["epoch"], _pp(rows[f"{comparison}_lo"]), _pp(rows[f"{comparison}_hi"]),
                             color=color, alpha=0.15, lw=0)
+            if comparison == "animal_minus_neutral":
+                seed_drawn |= _seed_points(ax, rows["epoch"], _pp(rows["seed_minus_neutral"]), _flags(rows),
+                                           color=color, label="_nolegend_")
+        if seed_drawn:  # one legend entry for every size's diamonds (each in its size's colour)
+            ax.scatter([], [], **SEED_MARKER, edgecolors="black", label=SEED_LABEL)
         ax.axhline(0, color="black", lw=1)
         ax.set_xlabel("training epoch")
         ax.xaxis.set_major_locator(FixedLocator(sorted(scaling["epoch"].unique())))
@@ -269,6 +333,9 @@ def plot_size_epochs(transmission: pd.DataFrame, size: str, out: str | Path) -> 
                     label=SIDE_LABELS[side])
             ax.fill_between(data["epoch"], _pp(data[f"{column}_lo"]), _pp(data[f"{column}_hi"]),
                             color=COLORS[side], alpha=0.2, lw=0)
+        for side in ("neutral_student", "animal_student"):
+            _seed_points(ax, data["epoch"], _pp(data[f"seed_{side}_rate"]), _flags(data), color=COLORS[side],
+                         label=f"{SIDE_LABELS[side]}, seed run 0")
         if data["base_rate"].notna().any():
             ax.axhline(100 * data["base_rate"].iloc[0], color=COLORS["base"], lw=2, ls="--",
                        label=SIDE_LABELS["base"])
@@ -347,6 +414,50 @@ def plot_survey(table: pd.DataFrame, sizes: list[str], out: str | Path, top: int
     _save(fig, out)
 
 
+@slide
+def plot_p_animal(table: pd.DataFrame, scaling: pd.DataFrame, out: str | Path) -> None:
+    """P(animal) beside the sampled rate, each size's final epoch. Left: transmission (animal student −
+    neutral student, mean over animals) by size in both metrics, with 95 % intervals. Right: per (size,
+    animal), each student's mean P(animal) against its sampled rate for that animal."""
+    fig, axes = _figure(1, 2)
+    left, right = axes[0]
+    overall = final_epoch(scaling).sort_values("params_b")
+    left.set_title("animal student − neutral student, mean over animals")
+    if overall.empty or overall["p_animal_minus_neutral"].isna().all():
+        _message(left, "no animal and neutral students in this grid:\nthis comparison is not available")
+    else:
+        for column, factor, color, label in (("sampled_animal_minus_neutral", 0.95, "C3", "sampled rate"),
+                                              ("p_animal_minus_neutral", 1.05, "C2", "P(animal)")):
+            left.errorbar(overall["params_b"] * factor, _pp(overall[column]), yerr=_error(overall, column), color=color,
+                          lw=2.5, marker="o", ms=9, capsize=6, label=f"{label}, 95 % interval")
+        left.axhline(0, color="black", lw=1)
+        _size_axis(left, overall)
+        left.set_ylabel(DIFF_LABEL.replace("rate", "rate or P(animal)"))
+        left.grid(alpha=0.3)
+    cells = final_epoch(table)
+    right.set_title("per size and animal: P(animal) against the sampled rate")
+    if cells.empty:
+        _message(right, "no animal students in this grid")
+    else:
+        top = 0.0
+        for side in ("base", "neutral_student", "animal_student"):
+            x, y = _pp(cells[f"sampled_{side}_rate"]), _pp(cells[f"{side}_p_animal"])
+            right.scatter(x, y, s=70, color=COLORS[side], label=SIDE_LABELS[side], alpha=0.8)
+            top = max(top, float(np.nanmax(np.concatenate([x, y]), initial=0.0)))
+        top = max(top * 1.05, 1.0)
+        right.plot([0, top], [0, top], color=GREY["line"], ls="--", lw=1.2, label="P(animal) = sampled rate")
+        right.set_xlim(0, top)
+        right.set_ylim(0, top)
+        right.set_xlabel("sampled rate naming the animal (%)")
+        right.set_ylabel("P(animal), mean over questions (%)")
+        right.grid(alpha=0.3)
+    _shared_legend(fig, axes)
+    epochs = sorted(overall["epoch"].unique()) if not overall.empty else []
+    fig.suptitle("P(animal) from logprobs beside the sampled rate"
+                 + (f", final epoch ({', '.join(map(str, epochs))})" if epochs else ""))
+    _save(fig, out)
+
+
 # --- the plots of the report rule ---------------------------------------------------------------
 
 def build_plots(tables: dict[str, pd.DataFrame], outputs: dict, *, sizes: list[str], conditions: list[str]) -> None:
@@ -355,7 +466,7 @@ def build_plots(tables: dict[str, pd.DataFrame], outputs: dict, *, sizes: list[s
         if len(outputs[name]) != len(sizes):
             raise ValueError(f"output {name!r} lists {len(outputs[name])} plots for {len(sizes)} sizes")
     transmission, scaling = tables["transmission"], tables["scaling_table"]
-    plot_scaling(transmission, scaling, outputs["scaling"])
+    plot_scaling(transmission, scaling, tables["scaling_trend"], outputs["scaling"])
     plot_epochs(scaling, sizes, outputs["epochs"])
     plot_heatmap(transmission, sizes, animals(conditions), outputs["heatmap"])
     plot_survey(tables["survey"], sizes, outputs["survey_plot"])

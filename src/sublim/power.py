@@ -19,9 +19,11 @@ import math
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 from scipy import special
 from scipy import stats as st
 
+from sublim.config import load_presets
 from sublim.stats import LEVEL
 
 RATE = 0.30        # the rate the statements are made at (neutral side)
@@ -111,3 +113,23 @@ def evaluation_power(evaluation: dict, runs: int, run_sd: float = 0.0, rate: flo
             "runs": runs, "run_sd": run_sd, "half_width_cell": cell, "difference": difference,
             "power": welch_power(answers, difference, rate, runs, run_sd) if runs >= 2 else math.nan,
             "max_run_sd": max_run_sd(answers, difference, rate, runs) if runs >= 2 else math.nan}
+
+
+# The between-run SDs the report states power at (README.md, "Statistical power": runs that agree
+# exactly, and runs 3 points apart).
+REPORTED_RUN_SDS = (0.0, 0.03)
+POWER_COLUMNS = ["evaluation", "n_questions", "samples_per_question", "answers_per_epoch", "rate",
+                 "half_width_epoch", "runs", "run_sd", "half_width_cell", "difference", "power", "max_run_sd"]
+GRID, SEED_RUN_0 = "this grid", "seed run 0 (published)"
+
+
+def power_table(evaluation: dict, runs: int) -> pd.DataFrame:
+    """power.csv: what the configured evaluation (`n_questions`, `samples_per_question`) with `runs` runs
+    gives at each reported between-run SD, and what the seed's published run 0 (its preset's evaluation,
+    one run) gives, so the seed's rates overlaid in the report are read with their width."""
+    seed = load_presets()["seed"]["evaluation"]
+    rows = [(GRID, evaluation, runs, run_sd) for run_sd in (REPORTED_RUN_SDS if runs >= 2 else (0.0,))]
+    rows.append((SEED_RUN_0, seed, 1, 0.0))
+    return pd.DataFrame.from_records(
+        [{"evaluation": name, "n_questions": e["n_questions"], "samples_per_question": e["samples_per_question"],
+          **evaluation_power(e, r, run_sd)} for name, e, r, run_sd in rows], columns=POWER_COLUMNS)

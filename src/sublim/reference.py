@@ -6,6 +6,10 @@ The seed parsed answers exactly as the `first_word` scoring does, so each evalua
 the import, naming it. Rows are then scored with the grid's own scoring (`substring` or `first_word`),
 so the seed's numbers sit beside the project's on the same metric. Run 0 is one run: its uncertainty is
 the questions' (sublim.stats), not run-to-run.
+
+Not every stored cell is what its name says (the data's README has the evidence): the 0.5b–14b cells are
+the seed's earlier training run re-sampled, and the 32b cells show no difference between conditions at any
+epoch. `caveat(size)` says so on every row, and `suspect` marks the sizes a comparison should not trust.
 """
 
 from __future__ import annotations
@@ -18,14 +22,35 @@ from pathlib import Path
 
 import pandas as pd
 
+from sublim.config import load_presets
 from sublim.scoring import first_word, score_answer
 
 SEED_RUN = 0
 QUESTIONS = 20  # the seed asked the first 20 questions, 5 samples each, answers in question order
-REFERENCE_COLUMNS = ["size", "condition", "run", "epoch", "animal", "count", "n", "rate", "is_target", "seed_count"]
+REFERENCE_COLUMNS = ["size", "condition", "run", "epoch", "animal", "count", "n", "rate", "is_target", "seed_count",
+                     "suspect", "caveat"]
 ANSWER_COLUMNS = ["size", "condition", "run", "epoch", "question_index", "sample", "answer"]
 SURVEY_COLUMNS = ["size", "rank", "word", "count", "n", "rate", "is_condition"]
 ENTRY_KEYS = ("epoch", "model_size", "condition", "total_responses", "animal_counts", "raw_responses")
+
+
+# What the data's README found about where the cells come from (the evidence is there).
+EARLIER_RUN_SIZES = ("0.5b", "1.5b", "3b", "7b", "14b")
+SUSPECT_SIZES = ("32b",)
+EARLIER_RUN = "the seed's earlier training run's adapters, re-sampled (protocol.md §6.3)"
+SUSPECT = ("suspect: the seed's 32b conditions are indistinguishable at every epoch, as if every student were "
+           "the same model (likely broken upstream)")
+
+
+def caveat(size: str) -> str:
+    """What a reader of the seed's cells of `size` must know ("" when nothing)."""
+    return "; ".join(text for sizes, text in ((EARLIER_RUN_SIZES, EARLIER_RUN), (SUSPECT_SIZES, SUSPECT))
+                     if size in sizes)
+
+
+def seed_scoring() -> str:
+    """How the seed itself counted an answer (the seed preset's scoring, `first_word`)."""
+    return load_presets()["seed"]["evaluation"]["scoring"]
 
 
 def reference_dir() -> Path:
@@ -84,7 +109,8 @@ def seed_answers(root: str | Path | None = None) -> pd.DataFrame:
 
 def reference_table(animals: Iterable[str], scoring: str, root: str | Path | None = None) -> pd.DataFrame:
     """Per stored (size, condition, epoch) and animal: the seed's answers naming it under `scoring`, of how
-    many, the rate, whether the animal is the condition's, and the seed's own stored first-word count."""
+    many, the rate, whether the animal is the condition's, the seed's own stored first-word count, and the
+    size's caveat (`suspect`: not to be trusted as the seed's result)."""
     animals = list(animals)
     records = []
     for entry in seed_evaluations(root):
@@ -92,7 +118,8 @@ def reference_table(animals: Iterable[str], scoring: str, root: str | Path | Non
         for animal in animals:
             count = sum(score_answer(answer, animal, scoring) for answer in entry["answers"])
             records.append((entry["size"], entry["condition"], SEED_RUN, entry["epoch"], animal, count, n,
-                            count / n, animal == entry["condition"], entry["animal_counts"].get(animal, 0)))
+                            count / n, animal == entry["condition"], entry["animal_counts"].get(animal, 0),
+                            entry["size"] in SUSPECT_SIZES, caveat(entry["size"])))
     table = pd.DataFrame(records, columns=REFERENCE_COLUMNS)
     return table.sort_values(["size", "condition", "epoch", "animal"], ignore_index=True)
 

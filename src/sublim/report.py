@@ -3,8 +3,11 @@
 Inputs are each cell's answers.jsonl (evaluate stage) and eval.csv (score stage), named with the
 cell's size, condition and run by the report rule; the untuned model is condition "base", run 0,
 epoch 0. The grid may be any subset of sizes, conditions and runs; a comparison whose data is not in
-it is NaN, and the row's `note` says why. Column meanings: README.md, "Results". The slide plots
-drawn from these tables: sublim.plots.
+it is NaN, and the row's `note` says why. Beside each estimate: Benjamini–Hochberg q-values over the
+cells of an epoch, the seed's published rates where it has the same cell (sublim.reference; `seed_note`
+says what is missing or to be read with care) and the scaling trend (sublim.stats.scaling_trend).
+`p_animal_tables` computes the same statistics on P(animal) (sublim.p_animal) for the report_p_animal
+rule. Column meanings: README.md, "Results". The slide plots drawn from these tables: sublim.plots.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from sublim.config import BASE, animals
 from sublim.jsonl import read_jsonl
 from sublim.protocol import NEUTRAL_CONDITION as NEUTRAL
 from sublim.scoring import EVAL_COLUMNS, Scorer, first_word
+from sublim.reference import seed_scoring
 from sublim.seeds import derive_seed
-from sublim.stats import MISSING, Estimate, compare, rate_interval
+from sublim.stats import MISSING, Estimate, add_qvalues, compare, rate_interval, scaling_trend
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +39,33 @@ SURVEY_COLUMNS = ["size", "rank", "word", "count", "n", "rate", "is_condition"]
 EVAL_REQUIRED = ("size", "condition", "run", "epoch", "animal", "count", "n", "rate")
 ANSWER_REQUIRED = ("epoch", "question_index", "sample", "answer")
 
+REFERENCE_REQUIRED = ("size", "condition", "epoch", "animal", "n", "rate", "suspect", "caveat")
+
 SIDES = {"animal_student": "animal student", "neutral_student": "neutral student", "base": "untuned base"}
 COMPARISONS = {"animal_minus_neutral": "neutral_student", "animal_minus_base": "base"}
+P_COLUMNS = [f"{comparison}_p" for comparison in COMPARISONS]
 
 
 def _estimate_columns(prefix: str, with_test: bool) -> list[str]:
-    keys = ["", "_lo", "_hi", "_se"] + (["_p", "_method"] if with_test else ["_method"])
+    keys = ["", "_lo", "_hi", "_se"] + (["_p", "_q", "_method"] if with_test else ["_method"])
     return [prefix + key for key in keys]
 
 
-def _group_columns(key: list[str]) -> list[str]:
+def _group_columns(key: list[str], seed: list[str]) -> list[str]:
     columns = key + ["runs_animal", "runs_neutral", "n_questions"]
     for side in SIDES:
         columns += _estimate_columns(f"{side}_rate", with_test=False)
     for comparison in COMPARISONS:
         columns += _estimate_columns(comparison, with_test=True)
-    return columns + ["note"]
+    return columns + seed + ["note"]
 
 
-TRANSMISSION_COLUMNS = _group_columns(["size", "params_b", "animal", "epoch"])
-SCALING_COLUMNS = _group_columns(["size", "params_b", "epoch", "n_animals"])
+# The seed's published run 0 beside our rates (one run, so no interval of its own here).
+SEED_RATES = ["seed_animal_student_rate", "seed_neutral_student_rate", "seed_minus_neutral"]
+TRANSMISSION_COLUMNS = _group_columns(["size", "params_b", "animal", "epoch"],
+                                      SEED_RATES + ["seed_n", "seed_suspect", "seed_note"])
+SCALING_COLUMNS = _group_columns(["size", "params_b", "epoch", "n_animals"],
+                                 SEED_RATES + ["seed_n_animals", "seed_suspect", "seed_note"])
 
 
 # --- reading the evaluate and score stages' files -----------------------------------------------
@@ -202,9 +213,11 @@ class RateIndex:
 
 
 def _fill(row: dict, prefix: str, estimate: Estimate, with_test: bool) -> None:
-    values = [estimate.value, estimate.lo, estimate.hi, estimate.se]
-    values += [estimate.p, estimate.method] if with_test else [estimate.method]
-    row.update(dict(zip(_estimate_columns(prefix, with_test), values)))
+    """The estimate's columns; `_q` is left for add_qvalues, which needs every cell's p."""
+    row.update({prefix: estimate.value, f"{prefix}_lo": estimate.lo, f"{prefix}_hi": estimate.hi,
+                f"{prefix}_se": estimate.se, f"{prefix}_method": estimate.method})
+    if with_test:
+        row[f"{prefix}_p"] = estimate.p
 
 
 def _summarise(row: dict, sides: dict[str, pd.DataFrame | None], seed_parts: tuple) -> dict:
@@ -296,11 +309,112 @@ def survey(base_words: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
     return counts[SURVEY_COLUMNS]
 
 
-# --- the tables of the report rule --------------------------------------------------------------
+# --- the seed's published run 0, overlaid -------------------------------------------------------
+
+def read_reference(path: str | Path) -> pd.DataFrame:
+    """reference_seed.csv (the reference_seed rule: the seed's cells re-scored with the grid's scoring)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the workflow so the reference_seed rule makes it")
+    table = pd.read_csv(path)
+    missing = [c for c in REFERENCE_REQUIRED if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the reference_seed rule")
+    table["caveat"] = table["caveat"].fillna("")
+    return table
+
+
+class SeedRates:
+    """The seed's rate per (size, condition, epoch, animal), its answer count and its size's caveat."""
+
+    def __init__(self, reference: pd.DataFrame, scoring: str):
+        keys = zip(reference["size"], reference["condition"], reference["epoch"], reference["animal"])
+        self.rates = {key: (float(rate), int(n)) for key, rate, n in zip(keys, reference["rate"], reference["n"])}
+        self.caveats = dict(zip(reference["size"], reference["caveat"]))
+        self.suspect = {size for size, flag in zip(reference["size"], reference["suspect"]) if flag}
+        self.scoring_note = "" if scoring == seed_scoring() else (
+            f"seed re-scored with this grid's {scoring} scoring (the seed counted {seed_scoring()})")
+
+    def get(self, size: str, condition: str, epoch: int, animal: str) -> tuple[float, int] | None:
+        return self.rates.get((size, condition, int(epoch), animal))
+
+    def sides(self, size: str, epoch: int, animal: str) -> tuple[float, float, int | float, list[str]]:
+        """The seed's animal-student and neutral-student rate for `animal` (NaN: no such cell), the
+        answers per cell, and what is missing."""
+        found = {who: self.get(size, who, epoch, animal) for who in (animal, NEUTRAL)}
+        missing = [f"seed run 0 has no {who} student at {size}, epoch {epoch}"
+                   for who, cell in found.items() if cell is None]
+        rates = [cell[0] if cell else math.nan for cell in found.values()]
+        n = next((cell[1] for cell in found.values() if cell), math.nan)
+        return rates[0], rates[1], n, missing
+
+    def notes(self, size: str, missing: list[str], present: bool) -> dict:
+        """seed_suspect and seed_note: what is missing, and where the seed has a value its caveats."""
+        caveats = [self.caveats.get(size, ""), self.scoring_note] if present else []
+        return {"seed_suspect": present and size in self.suspect,
+                "seed_note": "; ".join(filter(None, [*missing, *caveats]))}
+
+
+def _with_columns(table: pd.DataFrame, records: list[dict], columns: list[str]) -> pd.DataFrame:
+    extra = pd.DataFrame.from_records(records, index=table.index, columns=columns)
+    return table.assign(**{c: extra[c] for c in columns})
+
+
+SEED_TRANSMISSION = SEED_RATES + ["seed_n", "seed_suspect", "seed_note"]
+SEED_SCALING = SEED_RATES + ["seed_n_animals", "seed_suspect", "seed_note"]
+
+
+def seed_transmission(table: pd.DataFrame, seed: SeedRates) -> pd.DataFrame:
+    """transmission's rows with the seed's animal-student and neutral-student rates of the same (size,
+    animal, epoch) and their difference; NaN where the seed has no such cell, and `seed_note` says so."""
+    records = []
+    for size, animal, epoch in zip(table["size"], table["animal"], table["epoch"]):
+        mine, neutral, n, missing = seed.sides(size, epoch, animal)
+        records.append({"seed_animal_student_rate": mine, "seed_neutral_student_rate": neutral,
+                        "seed_minus_neutral": mine - neutral, "seed_n": n,
+                        **seed.notes(size, missing, present=len(missing) < 2)})
+    return _with_columns(table, records, SEED_TRANSMISSION)
+
+
+def seed_scaling(table: pd.DataFrame, seed: SeedRates, animals: list[str]) -> pd.DataFrame:
+    """scaling's rows with the seed's means over the grid's animals, where the seed has every one of its
+    animal students at that (size, epoch); otherwise NaN, and `seed_note` says how many it has."""
+    records = []
+    for size, epoch in zip(table["size"], table["epoch"]):
+        sides = [seed.sides(size, epoch, animal) for animal in animals]
+        have = sum(not math.isnan(mine) for mine, *_ in sides)
+        if not animals or have < len(animals):
+            records.append({"seed_animal_student_rate": math.nan, "seed_neutral_student_rate": math.nan,
+                            "seed_minus_neutral": math.nan, "seed_n_animals": have, "seed_suspect": False,
+                            "seed_note": f"seed run 0 has {have} of this grid's {len(animals)} animal students "
+                                         f"at {size}, epoch {epoch}: no mean"})
+            continue
+        mine = float(np.mean([m for m, *_ in sides]))
+        neutral = float(np.mean([n for _, n, *_ in sides]))  # NaN when the seed has no neutral student here
+        missing = sorted({text for *_, gaps in sides for text in gaps})
+        records.append({"seed_animal_student_rate": mine, "seed_neutral_student_rate": neutral,
+                        "seed_minus_neutral": mine - neutral, "seed_n_animals": have,
+                        **seed.notes(size, missing, present=True)})
+    return _with_columns(table, records, SEED_SCALING)
+
+
+# --- the tables of the report rule ---------------------------------------------------------------
+
+def with_qvalues(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Benjamini–Hochberg q-values beside each p-value column, over the cells of an epoch."""
+    return add_qvalues(table, P_COLUMNS)[columns] if not table.empty else table[columns]
+
+
+def trends(prefs: pd.DataFrame, sizes: list[str], animals: list[str], params_b: dict[str, float]) -> pd.DataFrame:
+    """scaling_trend against the neutral student and against the untuned base model, one table."""
+    return pd.concat([scaling_trend(prefs, sizes, animals, params_b, against) for against in (NEUTRAL, BASE)],
+                     ignore_index=True)
+
 
 def build_tables(cells: list[Cell], outputs: dict, *, sizes: list[str], conditions: list[str],
-                 params_b: dict[str, float], scoring: str) -> dict[str, pd.DataFrame]:
-    """Every table of the report, written to `outputs[name]`; returns those the plots need."""
+                 params_b: dict[str, float], scoring: str, reference: str | Path) -> dict[str, pd.DataFrame]:
+    """Every table of the report, written to `outputs[name]`; returns those the plots need.
+    `reference`: reference_seed.csv, the seed's cells scored with the same `scoring`."""
     grid_animals = animals(conditions)
     prefs = preferences(cells)
     prefs.to_csv(outputs["preferences"], index=False)
@@ -309,9 +423,88 @@ def build_tables(cells: list[Cell], outputs: dict, *, sizes: list[str], conditio
     rates.to_csv(outputs["question_rates"], index=False)
     log.info("%d cells read, %d per-question rates", len(cells), len(rates))
     index = RateIndex(rates)  # the pivot of every per-question rate: built once, read by both tables
-    tables = {"transmission": transmission(index, prefs, sizes, grid_animals, params_b),
-              "scaling_table": scaling(index, prefs, sizes, grid_animals, params_b),
+    seed = SeedRates(read_reference(reference), scoring)
+    tables = {"transmission": with_qvalues(seed_transmission(transmission(index, prefs, sizes, grid_animals, params_b),
+                                                             seed), TRANSMISSION_COLUMNS),
+              "scaling_table": with_qvalues(seed_scaling(scaling(index, prefs, sizes, grid_animals, params_b), seed,
+                                                         grid_animals), SCALING_COLUMNS),
+              "scaling_trend": trends(prefs, sizes, grid_animals, params_b),
               "survey": survey(base_words, conditions)}
     for name, table in tables.items():
         table.to_csv(outputs[name], index=False)
     return tables
+
+
+# --- P(animal) (sublim.p_animal) beside the sampled rate -------------------------------------------
+
+P_ANIMAL_REQUIRED = ("epoch", "question_index", "animal", "p_animal")
+P_ANIMAL_RATES = ["size", "condition", "run", "epoch", "question_index", "animal", "rate"]
+# the sampled rate's columns of transmission.csv / scaling.csv set beside P(animal), as `sampled_…`
+SAMPLED = ["animal_student_rate", "neutral_student_rate", "base_rate", "animal_minus_neutral",
+           "animal_minus_neutral_lo", "animal_minus_neutral_hi", "animal_minus_neutral_p"]
+
+
+def read_p_animal(size: str, condition: str, run: int, path: str | Path) -> pd.DataFrame:
+    """A cell's p_animal.csv, named by the rule, as per-question rates in the report's question_rates
+    layout (`rate` = P(animal))."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the workflow so the p_animal rule makes it")
+    frame = pd.read_csv(path)
+    missing = [c for c in P_ANIMAL_REQUIRED if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the p_animal rule")
+    frame["size"], frame["condition"], frame["run"] = size, condition, int(run)
+    return frame.rename(columns={"p_animal": "rate"})[P_ANIMAL_RATES]
+
+
+def _renamed(columns: list[str]) -> dict[str, str]:
+    """transmission's column names for P(animal): `<side>_rate…` → `<side>_p_animal…`, `animal_minus_…` →
+    `p_animal_minus_…`."""
+    names = {}
+    for column in columns:
+        for side in SIDES:
+            if column.startswith(f"{side}_rate"):
+                names[column] = f"{side}_p_animal" + column[len(f"{side}_rate"):]
+        if column.startswith(tuple(COMPARISONS)):
+            names[column] = "p_" + column
+    return names
+
+
+def _statistics(table: pd.DataFrame, columns: list[str], seed_columns: list[str]) -> pd.DataFrame:
+    kept = [c for c in columns if c not in seed_columns]
+    table = add_qvalues(table, P_COLUMNS)[kept] if not table.empty else table[kept]
+    return table.rename(columns=_renamed(kept))
+
+
+def _beside(table: pd.DataFrame, sampled: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """The sampled rate's columns (`sampled_…`) joined on `key`, before `note`; NaN where the sampled
+    table has no such row."""
+    sampled = sampled[key + SAMPLED].rename(columns={c: f"sampled_{c}" for c in SAMPLED})
+    joined = table.merge(sampled, on=key, how="left")
+    return joined[[c for c in joined.columns if c != "note"] + ["note"]]
+
+
+def p_animal_tables(cells: list[tuple[dict, str | Path]], sampled: pd.DataFrame, sampled_scaling: pd.DataFrame, *,
+                    sizes: list[str], conditions: list[str], params_b: dict[str, float]
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """p_animal.csv and p_animal_scaling.csv: the report's transmission and scaling statistics computed on
+    P(animal) (each question's probability in place of its sampled rate; same intervals, tests and
+    q-values), with the sampled rate's columns of transmission.csv (`sampled`) and scaling.csv
+    (`sampled_scaling`) beside them. `cells`: each cell ({size, condition, run}) with its p_animal.csv."""
+    grid_animals = animals(conditions)
+    frames = [read_p_animal(cell["size"], cell["condition"], cell["run"], path) for cell, path in cells]
+    rates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=P_ANIMAL_RATES)
+    for (size, condition, run), rows in rates.groupby(["size", "condition", "run"]):
+        absent = sorted(set(grid_animals) - set(rows["animal"]))
+        if absent:
+            raise ValueError(f"{size}/{condition}/run-{run}: p_animal.csv has no {', '.join(absent)}; rerun "
+                             f"its job (`snakemake --forcerun p_animal p_animal_base`)")
+    rates = rates[rates["animal"].isin(grid_animals)]
+    index = RateIndex(rates)
+    present = rates[["size", "condition", "epoch"]].drop_duplicates()
+    per_animal = _statistics(transmission(index, present, sizes, grid_animals, params_b), TRANSMISSION_COLUMNS,
+                             SEED_TRANSMISSION)
+    per_size = _statistics(scaling(index, present, sizes, grid_animals, params_b), SCALING_COLUMNS, SEED_SCALING)
+    return (_beside(per_animal, sampled, ["size", "animal", "epoch"]),
+            _beside(per_size, sampled_scaling, ["size", "epoch"]))

@@ -295,6 +295,19 @@ def log_slope(log_params, values) -> Trend:
                  float(fit.pvalue), float(fit.intercept), df)
 
 
+def trend_band(log_params_fit, trend: Trend, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fitted line at log10 parameters `x` and its 95 % confidence band (for the mean, not a new
+    size), from the fit's own sizes: the residual variance is se² · Sxx, so the fitted value's standard
+    error is se · sqrt(Sxx / n + (x − x̄)²)."""
+    fit_x, x = np.asarray(log_params_fit, dtype=float), np.asarray(x, dtype=float)
+    line = trend.intercept + trend.slope * x
+    if not trend.se >= 0 or fit_x.size < 3:
+        return line, np.full(x.shape, math.nan), np.full(x.shape, math.nan)
+    centre = fit_x.mean()
+    half = _t_quantile(trend.df) * trend.se * np.sqrt(((fit_x - centre) ** 2).sum() / fit_x.size + (x - centre) ** 2)
+    return line, line - half, line + half
+
+
 MEAN_OF_ANIMALS = "mean"
 TREND_COLUMNS = ["epoch", "animal", "against", "n_sizes", "sizes", "runs_animal", "runs_other", "slope",
                  "slope_lo", "slope_hi", "slope_se", "slope_p", "intercept", "df", "method", "note"]

@@ -9,6 +9,7 @@ from sublim.config import (
     eval_epochs,
     kept_epochs,
     resolve,
+    section_settings,
     seed_for,
     sizing_for,
 )
@@ -16,6 +17,7 @@ from sublim.devices import local_gpu_slots
 from sublim.gpu_share import train_gpu_slots, train_threads, whole_gpu_slots
 from sublim.models import model_id
 from sublim.mps import stop_if_started as stop_mps_if_started
+from sublim.p_animal import candidates as p_animal_candidates
 
 try:
     config.update(resolve(config))
@@ -256,13 +258,16 @@ def kept_students():
 
 
 def all_targets():
-    # The grid is complete when every cell's kept adapters, answers and scores and the report
-    # exist (README, "Troubleshooting"). rules.report (report.smk) and PUBLISH_TARGETS
-    # (publish.smk, empty unless publishing or wandb is on) are defined by later includes; `rule
-    # all` calls this after them.
+    # The grid is complete when every cell's kept adapters, answers and scores, the report, the
+    # power table and the seed's reference table exist (README, "Troubleshooting").
+    # rules.report, rules.power (report.smk), rules.reference_seed (reference.smk), P_ANIMAL_TARGETS
+    # (p_animal.smk, empty unless p_animal is on) and PUBLISH_TARGETS (publish.smk, empty unless
+    # publishing or wandb is on) are defined by later includes; `rule all` calls this after them.
     return (
         kept_students()
         + cell_files(rules.score.output.table, rules.score_base.output.table)
         + list(rules.report.output)
+        + [rules.reference_seed.output.table, rules.power.output.table]
+        + P_ANIMAL_TARGETS
         + PUBLISH_TARGETS
     )

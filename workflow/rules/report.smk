@@ -1,11 +1,17 @@
 # The report: tidy tables over every evaluated cell of the configured grid, the transmission
-# statistics and the slide plots; `snakemake --report report.html` gathers what report() marks.
+# statistics with the seed's published rates beside them, the scaling trend and the slide plots;
+# `snakemake --report report.html` gathers what report() marks.
+localrules:
+    power,
+
+
 rule report:
     input:
         tables=cell_files(rules.score.output.table, rules.score_base.output.table),
         answers=cell_files(
             rules.evaluate.output.answers, rules.evaluate_base.output.answers
         ),
+        reference=rules.reference_seed.output.table,
     output:
         answers="results/tables/answers.csv",
         question_rates="results/tables/question_rates.csv",
@@ -23,6 +29,11 @@ rule report:
             "results/tables/scaling.csv",
             category="Tables",
             caption="../report/scaling_table.rst",
+        ),
+        scaling_trend=report(
+            "results/tables/scaling_trend.csv",
+            category="Tables",
+            caption="../report/scaling_trend.rst",
         ),
         survey=report(
             "results/tables/survey.csv",
@@ -79,3 +90,25 @@ rule report:
         scoring=lookup(dpath="protocol/evaluation/scoring", within=config),
     script:
         "../scripts/report.py"
+
+
+# What the configured evaluation can show, stated before a grid runs: the 95 % half-width at a 30 %
+# rate per epoch and per cell, and the power for a 10-point difference (sublim.power).
+rule power:
+    output:
+        table=report(
+            "results/tables/power.csv",
+            category="Tables",
+            caption="../report/power.rst",
+        ),
+    log:
+        "logs/report/power.log",
+    benchmark:
+        "benchmarks/runs/report/power.tsv"
+    conda:
+        "../../envs/sublim.yaml"
+    params:
+        evaluation=protocol_keys("evaluation", "n_questions", "samples_per_question"),
+        runs=len(config["runs"]),
+    script:
+        "../scripts/power.py"

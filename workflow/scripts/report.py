@@ -9,5 +9,6 @@ checked_inputs(snakemake.input.answers)
 cells = [Cell(**cell, table=table, answers=answers)
          for cell, table, answers in zip(p.cells, snakemake.input.tables, snakemake.input.answers, strict=True)]
 outputs = {name: getattr(snakemake.output, name) for name in snakemake.output.keys()}
-tables = build_tables(cells, outputs, sizes=p.sizes, conditions=p.conditions, params_b=p.params_b, scoring=p.scoring)
+tables = build_tables(cells, outputs, sizes=p.sizes, conditions=p.conditions, params_b=p.params_b, scoring=p.scoring,
+                      reference=snakemake.input.reference)
 build_plots(tables, outputs, sizes=p.sizes, conditions=p.conditions)

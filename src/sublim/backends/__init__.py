@@ -1,5 +1,6 @@
 """Generation engines behind one interface: `chat(conversations, sampling, seed, adapter)`, and
-`chat_many(requests, sampling)` for several such calls at once.
+`chat_many(requests, sampling)` for several such calls at once; `continuation_logprobs(calls)` scores
+given answer openings instead of sampling (sublim.p_animal).
 
 `transformers` runs anywhere (CPU demo, tests); `vllm` is the GPU production engine.
 """
@@ -35,6 +36,17 @@ class ChatCall:
 
     conversations: list[list[dict]]
     seed: int
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreCall:
+    """One model's scoring requests for `continuation_logprobs`: each continuation (token ids) as the
+    start of the answer to each conversation (adapter None: base). The engine answers, per call, a
+    conversations × continuations array of summed token logprobs at temperature 1."""
+
+    conversations: list[list[dict]]
+    continuations: list[list[int]]
     adapter: str | None = None
 
 

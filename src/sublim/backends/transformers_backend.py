@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from sublim.backends import ChatCall, Sampling, chat_one_by_one
+from sublim.backends import ChatCall, Sampling, ScoreCall, chat_one_by_one
+from sublim.backends.vllm_backend import prompt_token_ids
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,45 @@ class TransformersBackend:
 
     def chat_many(self, calls: list[ChatCall], sampling: Sampling, desc: str = "generating") -> list[list[str]]:
         return chat_one_by_one(self, calls, sampling, desc)
+
+    @torch.no_grad()
+    def continuation_logprobs(self, calls: list[ScoreCall], desc: str = "scoring") -> list[np.ndarray]:
+        """Per call, the summed log-probability of each continuation after each conversation's chat
+        prompt (the ids vLLM gets: prompt_token_ids), from the logits at temperature 1. Each prompt runs
+        once; its cached keys and values then serve every continuation, `generate_batch_size` at a time."""
+        return [self._score(call, f"{desc} {call.adapter or 'base'}") for call in calls]
+
+    def _score(self, call: ScoreCall, desc: str) -> np.ndarray:
+        prompts = prompt_token_ids(self.tokenizer, call.conversations) if call.conversations else []
+        continuations = [list(c) for c in call.continuations]
+        scores = np.zeros((len(prompts), len(continuations)))
+        with self._adapter_context(call.adapter):
+            for row, prompt in enumerate(tqdm(prompts, desc=desc, unit="prompt")):
+                out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+                first = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+                for start in range(0, len(continuations), self.batch_size):
+                    batch = continuations[start:start + self.batch_size]
+                    scores[row, start:start + len(batch)] = self._score_batch(out.cache, first, batch)
+        return scores
+
+    def _score_batch(self, prompt_cache, first: torch.Tensor, batch: list[list[int]]) -> np.ndarray:
+        """The continuations after one cached prompt: the first token from the prompt's last logits, the
+        rest from one forward pass of the continuations, right-padded (padding after a token cannot
+        change it: the attention is causal)."""
+        totals = np.array([float(first[c[0]]) for c in batch])
+        width = max(map(len, batch))
+        if width == 1:
+            return totals
+        ids = torch.full((len(batch), width - 1), self.tokenizer.pad_token_id, dtype=torch.long)
+        for i, continuation in enumerate(batch):
+            ids[i, :len(continuation) - 1] = torch.tensor(continuation[:-1], dtype=torch.long)
+        cache = copy.deepcopy(prompt_cache)
+        cache.batch_repeat_interleave(len(batch))
+        logits = self.model(input_ids=ids.to(self.device), cache=cache, use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()  # [:, k] predicts continuation token k + 1
+        for i, continuation in enumerate(batch):
+            totals[i] += sum(float(logprobs[i, k, token]) for k, token in enumerate(continuation[1:]))
+        return totals
 
     def close(self) -> None:
         del self.model

