@@ -4,9 +4,8 @@ sublim.devices picking the card, under profiles/multi-gpu).
 A card is GPU_SLOTS slots (the profile caps the `gpu_slots` resource at that). Generate and
 evaluate take whole cards: vLLM reserves most of the card's memory. A train job takes
 `sizing.<size>.gpu_share` of one card: small models leave the GPU idle between kernel launches, so
-four trainings side by side, under MPS (sublim.mps), get 1.6-3x one training's throughput
-(benchmarks/README.md). The
-`gpu` resource stays the number of GPUs a job uses, which is what a cluster is asked for.
+four trainings side by side, under MPS (sublim.mps), get several times one training's throughput
+(figures: benchmarks/README.md). The `gpu` resource stays the number of GPUs a job uses, which is what a cluster is asked for.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """NVIDIA MPS for trainings that share a card (`sizing.<size>.gpu_share` < 1 and `mps: true`).
 
 Without MPS the CUDA contexts of four processes on one GPU take turns in time slices; as clients of
-one MPS server their kernels run side by side. Four packed 1.5b trainings on an H200: 47-49k tokens/s
-without, 60.1k with (benchmarks/README.md). The first training that wants the daemon starts it,
+one MPS server their kernels run side by side (what that gains: benchmarks/README.md). The first training that wants the daemon starts it,
 under a lock, and checks that a CUDA client can run under it; later ones join. The workflow stops
 the daemons it started when it ends (Snakefile onsuccess/onerror). Where the control program is
 missing or the daemon does not work, the training runs without MPS and its log says why.

@@ -11,49 +11,14 @@ import importlib.util
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 
+from sublim.backends.calls import ChatCall, Sampling, ScoreCall, chat_one_by_one, prompt_token_ids
 from sublim.logs import job_log_text
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_p: float
-    top_k: int  # 0 = disabled
-    max_tokens: int
-
-    @classmethod
-    def from_protocol(cls, section: dict) -> "Sampling":
-        return cls(section["temperature"], section["top_p"], section["top_k"], section["max_tokens"])
-
-
-@dataclass(frozen=True)
-class ChatCall:
-    """One chat() call's worth of requests: conversations, their seed, the adapter (None: base)."""
-
-    conversations: list[list[dict]]
-    seed: int
-    adapter: str | None = None
-
-
-@dataclass(frozen=True)
-class ScoreCall:
-    """One model's scoring requests for `continuation_logprobs`: each continuation (token ids) as the
-    start of the answer to each conversation (adapter None: base). The engine answers, per call, a
-    conversations × continuations array of summed token logprobs at temperature 1."""
-
-    conversations: list[list[dict]]
-    continuations: list[list[int]]
-    adapter: str | None = None
-
-
-def chat_one_by_one(backend, calls: list[ChatCall], sampling: Sampling, desc: str) -> list[list[str]]:
-    """chat_many for an engine that gains nothing from one submission: the calls in turn."""
-    return [backend.chat(c.conversations, sampling, seed=c.seed, adapter=c.adapter, desc=f"{desc} {c.adapter or 'base'}")
-            for c in calls]
+__all__ = ["ChatCall", "GPUOutOfMemory", "Sampling", "ScoreCall", "chat_one_by_one", "choose_backend",
+           "engine_failure_cause", "explain_oom", "open_backend", "prompt_token_ids"]
 
 
 def vllm_unusable_reason() -> str | None:

@@ -10,8 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from sublim.backends import ChatCall, Sampling, ScoreCall, chat_one_by_one
-from sublim.backends.vllm_backend import prompt_token_ids
+from sublim.backends.calls import ChatCall, Sampling, ScoreCall, chat_one_by_one, prompt_token_ids
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from sublim.backends import ChatCall, Sampling, ScoreCall
+from sublim.backends.calls import ChatCall, Sampling, ScoreCall, prompt_token_ids
 from sublim.process import spawn_engine_processes
 from sublim.seeds import derive_seed
 
@@ -108,13 +108,6 @@ def scoring_kwargs(token: int) -> dict:
     compute them (vllm-project/vllm#29955: the engine dies)."""
     return {"n": 1, "temperature": 0.0, "max_tokens": 1, "logprobs": 0, "allowed_token_ids": [token],
             "detokenize": False}
-
-
-def prompt_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
-    """Each conversation as vLLM's chat() would send it: the chat template with the generation
-    prompt, tokenised without adding special tokens (the template has them)."""
-    texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def _progress(desc: str):
