@@ -6,8 +6,9 @@ P_ANIMAL = section_settings(config, "p_animal")
 
 rule p_animal:
     input:
-        model_dir=rules.prepare_model.output.model_dir,
+        model=model_record,
         adapters=evaluated_adapters,
+        adapter_configs=evaluated_adapter_configs,
     output:
         table="results/eval/{size}/{condition}/run-{run}/p_animal.csv",
         provenance="results/eval/{size}/{condition}/run-{run}/p_animal.provenance.json",
@@ -33,13 +34,14 @@ rule p_animal:
         condition="{condition}",
         run="{run}",
         model=model_source,
+        model_dir=MODEL_DIR,
     script:
         "../scripts/p_animal.py"
 
 
 use rule p_animal as p_animal_base with:
     input:
-        model_dir=rules.prepare_model.output.model_dir,
+        model=model_record,
     output:
         table="results/eval/{size}/base/p_animal.csv",
         provenance="results/eval/{size}/base/p_animal.provenance.json",
