@@ -48,8 +48,10 @@ def test_a_finished_grid_has_nothing_to_do(grid):
     assert plan(grid) == {}
 
 
-NEW_CELL = {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 2, "score_base": 1, "report": 1,
-            "all": 1}
+# a new animal's cell: its own chain, every cell re-scored for the new column (CPU), the seed's
+# reference re-scored for it (CPU), the report
+NEW_CELL = {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 2, "score_base": 1, "reference_seed": 1,
+            "report": 1, "all": 1}
 
 
 def test_a_deleted_model_folder_plans_no_job_and_a_new_cell_only_its_own(grid):
@@ -136,8 +138,7 @@ def test_a_new_condition_plans_its_cell_and_cpu_scoring_only(grid):
     # cat's own chain; the animals are the columns of every eval.csv, so each cell is re-scored
     # (owl, cat and the base model: CPU), the seed's reference re-scored for cat, and the report redone;
     # owl and the base ask no model again
-    assert counts == {"generate": 1, "filter": 1, "train": 1, "evaluate": 1, "score": 2, "score_base": 1,
-                      "reference_seed": 1, "report": 1, "all": 1}
+    assert counts == NEW_CELL
 
 
 def test_a_new_run_plans_its_cell_and_the_report_only(grid):
@@ -231,11 +232,11 @@ def test_what_a_rerun_costs_when_adapters_were_dropped(grid_keeping_last):
     # to get its adapter back; keeping it again does too; scoring stays CPU only
     samples = plan(grid_keeping_last, lambda c: c["protocol"]["evaluation"].update(samples_per_question=2))
     assert samples == {"train": 1, "evaluate": 1, "evaluate_base": 1, "score": 1, "score_base": 1, "report": 1,
-                       "all": 1}
+                       "power": 1, "all": 1}  # power.csv states the evaluation's size
     assert plan(grid_keeping_last, lambda c: c.update(keep_adapters="all")) == {
         "train": 1, "evaluate": 1, "score": 1, "report": 1, "all": 1}
     assert plan(grid_keeping_last, lambda c: c["protocol"]["evaluation"].update(scoring="first_word")) == {
-        "score": 1, "score_base": 1, "report": 1, "all": 1}
+        "score": 1, "score_base": 1, "reference_seed": 1, "report": 1, "all": 1}  # the seed's answers re-scored
 
 
 def p_animal_on(config):

@@ -145,6 +145,7 @@ def test_status_of_a_real_tiny_grid_with_one_failed_job(tmp_path):
     """The tiny model's teacher writes no number list the filter keeps: cat's training fails on an
     empty dataset; owl gets teacher-like rows and trains."""
     import tiny_workflow as tw
+    from sublim.provenance import file_digest
 
     config = tw.tiny_config(tw.tiny_model())
     config["conditions"] = ["owl", "cat"]
@@ -162,6 +163,11 @@ def test_status_of_a_real_tiny_grid_with_one_failed_job(tmp_path):
     stat = raw.stat()
     raw.write_text("".join(json.dumps(row) + "\n" for row in tw.number_rows(16, 1)))
     os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # as if the teacher had written them: its provenance records the file it wrote (sublim.provenance)
+    provenance = raw.with_name("raw.provenance.json")
+    record = json.loads(provenance.read_text())
+    record["outputs"][raw.name] = file_digest(raw)
+    provenance.write_text(json.dumps(record))
     trains = [f"results/students/{tw.SIZE}/{c}/run-1/train.provenance.json" for c in config["conditions"]]
     assert tw.run_snakemake(workdir, trains, ["-k"], triggers=None).returncode != 0
 
