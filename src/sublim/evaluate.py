@@ -4,10 +4,14 @@ Scoring the answers is a stage of its own (sublim.scoring)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 from sublim.backends import ChatCall, Sampling
 from sublim.chat import question_messages
+from sublim.models import ensure_model, model_fingerprint
 from sublim.protocol import EVAL_QUESTIONS
+from sublim.provenance import checked_inputs
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -29,3 +33,25 @@ def evaluate_students(backend, adapters: dict[int, str | None], evaluation: dict
         for epoch, epoch_answers in zip(epochs, answers)
         for i, answer in enumerate(epoch_answers)
     ]
+
+
+@dataclass(frozen=True)
+class Students:
+    """What an evaluating job (evaluate, p_animal) opens: the model folder, each epoch's adapter by
+    name, the students by epoch (none: the untuned base as epoch 0) and the checked inputs."""
+
+    model_dir: str
+    adapter_dirs: dict[str, str]
+    by_epoch: dict[int, str | None]
+    inputs: dict
+
+
+def students_of(model: dict, model_dir: str, epochs: list[int], adapter_files: list[str],
+                adapter_configs: list[str]) -> Students:
+    """The job's students; the model folder prepared if it is missing, every input checked against
+    the provenance of the job that wrote it."""
+    adapter_dirs = {f"epoch-{e}": str(Path(f).parent) for e, f in zip(epochs, adapter_files)}
+    folder = str(ensure_model(model, model_dir))
+    inputs = {model_dir: model_fingerprint(model, folder), **checked_inputs([*adapter_files, *adapter_configs])}
+    return Students(folder, adapter_dirs, {e: f"epoch-{e}" for e in epochs} or {0: None}, inputs)
+
