@@ -5,6 +5,10 @@
 # then vllm_shapes.py with whatever is left of the budget. Everything lands in OUTDIR; start it with
 # setsid nohup so that later device calls can follow it.
 #   setsid nohup bash benchmarks/h200_session.sh /tmp/session 1250 > /tmp/session.log 2>&1 &
+# What a session can leave out (environment): SMOKE=0 (use locks/cuda.txt's versions without the
+# smoke engine), CHECKS=0 (no seed-optimizer and multi-GPU checks), KILL_RULES=train,evaluate (which
+# stages get their SIGKILL), CONDITIONS='[owl]' (the workflow's conditions), SHAPES_PLAN and
+# SHAPES_ARGS (vllm_shapes.py's --plan and further arguments).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -21,7 +25,9 @@ export PYTHONPATH=/tmp/site:$PWD/src
 if ls /tmp/stage/lock/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site-lock /tmp/stage/lock/*.whl
   export PYTHONPATH=/tmp/site-lock:/tmp/site:$PWD/src
-  if timeout 240 python3 benchmarks/vllm_shapes.py --out "$OUT/smoke" --plan gen:tiny:eager --prompts 64 --gen-tokens 8 \
+  if [ "${SMOKE:-1}" = 0 ]; then
+    note "locks/cuda.txt versions in use (no smoke engine)"
+  elif timeout 240 python3 benchmarks/vllm_shapes.py --out "$OUT/smoke" --plan gen:tiny:eager --prompts 64 --gen-tokens 8 \
       > "$OUT/smoke.log" 2>&1 && ! grep -q '"error"' "$OUT/smoke/vllm_shapes.json"; then
     note "locks/cuda.txt versions in use"
   else
@@ -31,23 +37,28 @@ if ls /tmp/stage/lock/*.whl > /dev/null 2>&1; then
 fi
 { nvidia-smi; echo "PYTHONPATH=$PYTHONPATH"; python3 -m pip list 2>/dev/null; python3 -c "import vllm, torch, trl, snakemake, transformers, peft, numpy, bitsandbytes as b; print(vllm.__version__, torch.__version__, trl.__version__, snakemake.__version__, transformers.__version__, peft.__version__, numpy.__version__, b.__version__)"; } > "$OUT/env.txt" 2>&1
 
-python3 benchmarks/kill_jobs.py --watch --json "$OUT/kills.json" --timeout-s 700 > "$OUT/kills.log" 2>&1 &
+python3 benchmarks/kill_jobs.py --watch --json "$OUT/kills.json" --timeout-s 700 \
+    --rules "${KILL_RULES:-generate,evaluate,train}" > "$OUT/kills.log" 2>&1 &
 killer=$!
-timeout 720 snakemake --profile profiles/b200 \
-    --configfile config/config.yaml profiles/b200/sizing.yaml benchmarks/configs/smol-gpu.yaml > "$OUT/workflow.log" 2>&1
+timeout 720 snakemake --profile profiles/b200 --configfile config/config.yaml profiles/b200/sizing.yaml \
+    benchmarks/configs/smol-gpu.yaml ${CONDITIONS:+--config "conditions=$CONDITIONS"} > "$OUT/workflow.log" 2>&1
 note "workflow rc=$?"
 kill $killer 2>/dev/null
 python3 benchmarks/kill_jobs.py --report --json "$OUT/kills.json" >> "$OUT/kills.log" 2>&1
 python3 benchmarks/workflow_records.py --json "$OUT/h200_workflow_vllm.json" --kills "$OUT/kills.json" > /dev/null 2>> "$OUT/status.txt"
 note "records written"
 
-timeout 150 python3 benchmarks/check_seed_optimizer.py --json "$OUT/seed_optimizer_h200.json" > "$OUT/checks.log" 2>&1
-note "seed optimizer rc=$?"
-timeout 150 python3 benchmarks/multi_gpu_check.py --json "$OUT/multi_gpu_check_h200.json" >> "$OUT/checks.log" 2>&1
-note "multi-gpu check rc=$?"
+if [ "${CHECKS:-1}" != 0 ]; then
+  timeout 150 python3 benchmarks/check_seed_optimizer.py --json "$OUT/seed_optimizer_h200.json" > "$OUT/checks.log" 2>&1
+  note "seed optimizer rc=$?"
+  timeout 150 python3 benchmarks/multi_gpu_check.py --json "$OUT/multi_gpu_check_h200.json" >> "$OUT/checks.log" 2>&1
+  note "multi-gpu check rc=$?"
+fi
 
+# shellcheck disable=SC2086  # SHAPES_ARGS is a list of arguments
 timeout "$(left)" python3 benchmarks/vllm_shapes.py --out "$OUT/shapes" --budget-s "$(($(left) - 170))" \
-    --raw results/numbers/135m/owl/run-1/raw.jsonl > "$OUT/shapes.log" 2>&1
+    ${SHAPES_PLAN:+--plan "$SHAPES_PLAN"} ${SHAPES_ARGS:---raw results/numbers/135m/owl/run-1/raw.jsonl} \
+    > "$OUT/shapes.log" 2>&1
 note "shapes rc=$?"
 tar czf "$OUT/artifacts.tgz" --exclude='*.safetensors' --exclude='models' logs benchmarks/runs results .snakemake/log \
     "$OUT"/*.log "$OUT"/*.txt "$OUT"/smoke 2>/dev/null

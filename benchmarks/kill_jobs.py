@@ -1,4 +1,4 @@
-"""SIGKILL the first generate, evaluate and train job of a running workflow once each, the way the OOM
+"""SIGKILL the first generate, evaluate and train job (or those --rules names) of a running workflow once each, the way the OOM
 killer or a preemption would, and record what each left behind: its processes (a vLLM engine must
 not outlive its job) and GPU memory 15 s later. Run beside `snakemake --profile profiles/b200 …`
 (restart-times: 1 reruns the killed jobs); after the workflow, `--report` checks the reruns.
@@ -54,8 +54,14 @@ def gpu_processes() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def watch(path: Path, timeout_s: float) -> None:
-    kills, pending, seen = [], dict(WHEN), {}
+def last_line(log: Path) -> str:
+    """What the job was doing when it was killed (progress bars end their updates with a carriage return)."""
+    lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]
+
+
+def watch(path: Path, timeout_s: float, rules: list[str]) -> None:
+    kills, pending, seen = [], {rule: WHEN[rule] for rule in rules}, {}
     deadline = time.time() + timeout_s
     while pending and time.time() < deadline:
         for rule, (marker, wait) in list(pending.items()):
@@ -68,9 +74,10 @@ def watch(path: Path, timeout_s: float) -> None:
             if pid is None or time.time() - seen[rule] < wait:
                 continue
             family = descendants(pid)
+            doing = last_line(hit)
             os.kill(pid, signal.SIGKILL)
             time.sleep(15)
-            kills.append({"rule": rule, "log": str(hit), "pid": pid, "children": family,
+            kills.append({"rule": rule, "log": str(hit), "pid": pid, "children": family, "log_last_line_at_kill": doing,
                           "children_alive_15s_later": [c for c in family if alive(c)],
                           "gpu_processes_15s_later": gpu_processes(), "unix": time.time()})
             del pending[rule]
@@ -105,5 +112,9 @@ if __name__ == "__main__":
     parser.add_argument("--watch", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--rules", default=",".join(WHEN), help=f"which rules' first job to kill, of {', '.join(WHEN)}")
     args = parser.parse_args()
-    watch(args.json, args.timeout_s) if args.watch else report(args.json)
+    rules = args.rules.split(",")
+    if unknown := set(rules) - set(WHEN):
+        parser.error(f"--rules: no kill point for {', '.join(sorted(unknown))}; known: {', '.join(WHEN)}")
+    watch(args.json, args.timeout_s, rules) if args.watch else report(args.json)

