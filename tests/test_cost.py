@@ -63,8 +63,9 @@ def test_rates_come_from_the_workflow_records(m):
             if r["config"] == "workflow"]
     assert m.train_alone["7b"][1] == pytest.approx(2 / sum(runs))
     assert m.completion_tokens == 48 and m.answer_tokens == 8
-    assert set(m.generate_token) == {"0.5b", "7b", "14b"} and set(m.eval_request) == {"0.5b", "7b"}
-    assert 1 < m.compiled_speedup < 2 and m.compile_cold_s > m.compile_warm_s > 0
+    assert set(m.generate_token) == set(m.eval_request) == {"0.5b", "1.5b", "7b", "14b"}
+    assert set(m.compiled_speedup) == {"0.5b", "7b", "14b"} and all(v > 1 for _, v in m.compiled_speedup.values())
+    assert all(cold > m.compile_warm_s > 0 for _, cold in m.compile_cold.values())
 
 
 def test_a_missing_record_names_itself(tmp_path):
@@ -99,7 +100,9 @@ def test_grid_totals_add_up(grid, m):
     jobs = cost.cell_jobs(grid, "7b", m)
     seven = next(s for s in result.sizes if s.size == "7b")
     per_cell = sum(jobs[r].total_card_s for r in ("generate", "train", "evaluate"))
-    assert seven.total_card_s == pytest.approx(48 * per_cell + jobs["evaluate_base"].total_card_s)
+    _, cold, warm = cost.compiled_figures(m, grid["models"]["7b"]["params_b"])
+    first_compile = cold.value - warm  # generation is compiled: its first job of the size fills the cache
+    assert seven.total_card_s == pytest.approx(48 * per_cell + jobs["evaluate_base"].total_card_s + first_compile)
 
 
 def test_72b_fits_a_b200_or_two_h200s_not_one_h200(grid):

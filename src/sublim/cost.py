@@ -161,10 +161,11 @@ class Measurements:
     eval_adapter: dict[str, tuple[float, float]] = field(default_factory=dict)
     completion_tokens: int = 0
     answer_tokens: int = 0
-    compiled_tokens_per_s: float = 0.0  # 7b, compiled, per-request seeds
-    compiled_speedup: float = 1.0  # eager / compiled time per generated token (7b)
-    compile_cold_s: float = 0.0  # what a compiled engine start adds, compile cache empty
-    compile_warm_s: float = 0.0  # … and with the cache of an earlier job of the size
+    # compiled engines (enforce_eager false): eager / compiled time per generated token, and what a
+    # compiled engine start adds with the compile cache empty (per measured shape) or filled (7b)
+    compiled_speedup: dict[str, tuple[float, float]] = field(default_factory=dict)
+    compile_cold: dict[str, tuple[float, float]] = field(default_factory=dict)
+    compile_warm_s: float = 0.0
     files: list[str] = field(default_factory=list)
 
 
@@ -209,7 +210,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         m.train_packed[shape] = (_shape_params(shape), 1 / statistics.mean(rates))
 
     vllm = [r for r in need(VLLM_EAGER) if "error" not in r]
-    for r in vllm:
+    for r in vllm:  # a later record of a shape replaces an earlier one
         shape, p = r["shape"], _shape_params(r["shape"])
         if r["stage"] == "generate" and r["mode"] == "eager" and r["seeds"] == "per_request":
             m.generate_token[shape] = (p, r["generate_s"] / (r["prompts"] * r["max_tokens"]))
@@ -228,15 +229,32 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         m.eval_request[shape] = (p, per_request)
         m.eval_adapter[shape] = (p, max(per_adapter, 0.0))
 
-    compiled = need(VLLM_COMPILED)[0]
-    eager_7b = next(r for r in vllm if r["shape"] == compiled["shape"] and r["stage"] == "generate"
-                    and r["mode"] == "eager" and r["seeds"] == "per_request")
-    eager_eval_7b = next(r for r in vllm if r["shape"] == compiled["shape"] and r["stage"] == "evaluate")
-    m.compiled_tokens_per_s = compiled["tokens_per_s_per_request_seeds"]
-    m.compiled_speedup = m.compiled_tokens_per_s / eager_7b["tokens_per_s"]
-    m.compile_cold_s = compiled["engine_start_cold_s"] - eager_7b["engine_start_s"]
-    m.compile_warm_s = compiled["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
+    generated = [r for r in vllm if r["stage"] == "generate" and r["seeds"] == "per_request"]
+    for r in generated:  # compiled against eager: same shape, same batch (max_num_seqs)
+        eager = [e for e in generated if e["mode"] == "eager" and e["shape"] == r["shape"]
+                 and e["max_num_seqs"] == r["max_num_seqs"]]
+        if r["mode"] == "compiled" and eager:
+            p = _shape_params(r["shape"])
+            m.compiled_speedup[r["shape"]] = (p, eager[-1]["generate_s"] / r["generate_s"])
+            m.compile_cold[r["shape"]] = (p, r["engine_start_s"] - eager[-1]["engine_start_s"])
+    # issue 11's 7b figures (no raw record): 128-token requests, so its gain is an upper bound
+    issue = need(VLLM_COMPILED)[0]
+    eager_7b = next(r for r in generated if r["shape"] == issue["shape"] and r["mode"] == "eager")
+    eager_eval_7b = next(r for r in vllm if r["shape"] == issue["shape"] and r["stage"] == "evaluate")
+    p = _shape_params(issue["shape"])
+    gain = issue["tokens_per_s_per_request_seeds"] / eager_7b["tokens_per_s"]
+    m.compiled_speedup.setdefault(issue["shape"], (p, gain))
+    m.compile_cold.setdefault(issue["shape"], (p, issue["engine_start_cold_s"] - eager_7b["engine_start_s"]))
+    m.compile_warm_s = issue["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
     return m
+
+
+def compiled_figures(m: Measurements, params_b: float) -> tuple[Figure, Figure, float]:
+    """At `params_b`: the compiled engine's speedup, its extra start with an empty compile cache, and
+    with a filled one (7b's, at most the cold one)."""
+    speedup = by_params(m.compiled_speedup, params_b, beyond="flat")
+    cold = by_params(m.compile_cold, params_b, beyond="flat")
+    return speedup, cold, min(m.compile_warm_s, cold.value)
 
 
 def assumptions(m: Measurements) -> list[str]:
@@ -255,17 +273,20 @@ def assumptions(m: Measurements) -> list[str]:
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
         f"max_tokens allows; no top-up (min_rows 0); per-request seeds (the workflow); vLLM 0.26 on one H200 "
         f"({VLLM_EAGER})",
-        f"compiled engines (enforce_eager false): the eager rate x {m.compiled_speedup:.2f} (issue 11 at 7b: "
-        f"{m.compiled_tokens_per_s:,.0f} tokens/s compiled against the eager record's rate; measured at 128 "
-        f"tokens a request, so an upper bound on the gain) and an engine start {m.compile_cold_s:.0f} s longer "
-        f"for the first job of a size and stage (empty compile cache), {m.compile_warm_s:.0f} s after "
-        f"({VLLM_COMPILED})",
+        "compiled engines (enforce_eager false): the eager rate x the compiled speedup measured at the same "
+        "batch (" + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.compiled_speedup.items(),
+                                                                       key=lambda i: i[1][0])) +
+        f"; 7b from issue 11's 128-token figures, {VLLM_COMPILED}: an upper bound), interpolated by parameters; "
+        "an engine start longer by the measured compile time for the first job of a size and stage (empty "
+        "compile cache: " + ", ".join(f"{s} +{v:.0f} s" for s, (_, v) in sorted(m.compile_cold.items(),
+                                                                             key=lambda i: i[1][0])) +
+        f"), by {m.compile_warm_s:.0f} s for the later ones (7b with the cache filled; at most the cold figure)",
         f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
         "engine starts with dummy weights: reading the real weights adds their size over the disk's read rate "
         "(the page cache serves later jobs of a size); engine start includes the engine's close",
-        "sizes without a record of their own (vLLM at 1.5b, 3b; 14b evaluation; everything at 32b and 72b; "
+        "sizes without a record of their own (vLLM at 3b; the compiled gain at 1.5b and 3b; everything at 32b and 72b; "
         "sizes below 0.5b at 0.5b's rates) are interpolated between the nearest measured shapes by parameter "
         "count, or extrapolated from the nearest in proportion to parameters; each figure says which",
         "a job on N cards (72b under profiles/multi-gpu) costs N x its wall time; wall time on the profile = "
@@ -318,7 +339,8 @@ def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[
     start = by_params(points, params, beyond="flat")
     if eager:
         return start.value, f"{start.basis}, eager"
-    return start.value + m.compile_warm_s, f"{start.basis}, eager, + {m.compile_warm_s:.0f} s to compile (warm cache)"
+    warm = compiled_figures(m, params)[2]
+    return start.value + warm, f"{start.basis}, eager, + {warm:.0f} s to compile (warm cache)"
 
 
 def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
@@ -327,9 +349,10 @@ def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
     eager = _eager(sizing, "generate")
     per_token = by_params(m.generate_token, params)
     tokens = config["protocol"]["generation"]["n_prompts"] * m.completion_tokens
-    work = tokens * per_token.value / (1 if eager else m.compiled_speedup)
+    speedup = compiled_figures(m, params)[0]
+    work = tokens * per_token.value / (1 if eager else speedup.value)
     start, start_basis = _engine_start(m, m.start_generate, params, eager)
-    mode = "eager" if eager else f"eager, x {m.compiled_speedup:.2f} compiled (7b's gain)"
+    mode = "eager" if eager else f"eager / {speedup.value:.2f} compiled ({speedup.basis})"
     basis = {"generate": f"{per_token.basis}, {mode}", "generate engine": start_basis}
     return JobCost("generate", {"generate": work, "engine_start": start * gpus}, start + work / gpus, gpus, basis)
 
@@ -402,9 +425,10 @@ def size_cost(config: dict, size: str, m: Measurements) -> SizeCost:
             card_s[stage] += seconds * (1 if name == "evaluate_base" else cells)
     sizing = sizing_for(config, size)
     gpus = max(1, int(sizing["gpus"]))
+    _, cold, warm = compiled_figures(m, config["models"][size]["params_b"])
     for stage in ("generate", "evaluate"):  # the first compiled engine of the size fills the cache
         if not _eager(sizing, stage):
-            card_s["engine_start"] += (m.compile_cold_s - m.compile_warm_s) * gpus
+            card_s["engine_start"] += (cold.value - warm) * gpus
     basis = {what: text for job in jobs.values() for what, text in job.basis.items()}
     return SizeCost(size, config["models"][size]["params_b"], cells, card_s,
                     max(job.wall_s for job in jobs.values()), basis)
