@@ -7,8 +7,9 @@
 #   setsid nohup bash benchmarks/h200_session.sh /tmp/session 1250 > /tmp/session.log 2>&1 &
 # What a session can leave out (environment): SMOKE=0 (use locks/cuda.txt's versions without the
 # smoke engine), CHECKS=0 (no seed-optimizer and multi-GPU checks), KILL_RULES=train,evaluate (which
-# stages get their SIGKILL), CONDITIONS='[owl]' (the workflow's conditions), SHAPES_PLAN and
-# SHAPES_ARGS (vllm_shapes.py's --plan and further arguments).
+# stages get their SIGKILL), CONDITIONS='[owl]' (the workflow's conditions), WORKFLOW_S (its time
+# limit, 900 s: 720 s stopped the fifth session's training at epoch 8), SHAPES_PLAN and SHAPES_ARGS
+# (vllm_shapes.py's --plan and further arguments).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -40,7 +41,7 @@ fi
 python3 benchmarks/kill_jobs.py --watch --json "$OUT/kills.json" --timeout-s 700 \
     --rules "${KILL_RULES:-generate,evaluate,train}" > "$OUT/kills.log" 2>&1 &
 killer=$!
-timeout 720 snakemake --profile profiles/b200 --configfile config/config.yaml profiles/b200/sizing.yaml \
+timeout "${WORKFLOW_S:-900}" snakemake --profile profiles/b200 --configfile config/config.yaml profiles/b200/sizing.yaml \
     benchmarks/configs/smol-gpu.yaml ${CONDITIONS:+--config "conditions=$CONDITIONS"} > "$OUT/workflow.log" 2>&1
 note "workflow rc=$?"
 kill $killer 2>/dev/null

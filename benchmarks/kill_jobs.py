@@ -1,4 +1,5 @@
-"""SIGKILL the first generate, evaluate and train job (or those --rules names) of a running workflow once each, the way the OOM
+"""SIGKILL the first generate, evaluate (evaluate_base included: it logs under logs/evaluate/) and train job
+(or those --rules names) of a running workflow once each, the way the OOM
 killer or a preemption would, and record what each left behind: its processes (a vLLM engine must
 not outlive its job) and GPU memory 15 s later. Run beside `snakemake --profile profiles/b200 …`
 (restart-times: 1 reruns the killed jobs); after the workflow, `--report` checks the reruns.
