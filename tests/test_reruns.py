@@ -17,6 +17,9 @@ import tiny_workflow
 from sublim.protocol import ANIMALS
 from tiny_workflow import SIZE, finish_grid, job_counts, make_workdir, model_record, run_snakemake, tiny_config
 
+# the tiny grid is run to the end (two of them: ~2.5 minutes on 2 cores): `make test-fast` leaves these out
+pytestmark = pytest.mark.slow
+
 GPU_RULES = {"prepare_model", "generate", "train", "evaluate", "evaluate_base"}
 # profiles/b200 and profiles/slurm: no `code` trigger
 GPU_PROFILE_TRIGGERS = ("mtime", "params", "input", "software-env")
