@@ -89,15 +89,20 @@ class Cell:
         return frame
 
 
-def read_eval(cell: Cell) -> pd.DataFrame:
-    path = Path(cell.table)
+def read_rule_table(path: str | Path, required, rule: str) -> pd.DataFrame:
+    """A CSV the workflow's `rule` makes, with its `required` columns; the error says what to rerun."""
+    path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run the workflow so the score rule makes it")
+        raise FileNotFoundError(f"{path} does not exist; run the workflow so the {rule} rule makes it")
     table = pd.read_csv(path)
-    missing = [c for c in EVAL_REQUIRED if c not in table.columns]
+    missing = [c for c in required if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the score rule")
-    table = cell._identify(table)
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the {rule} rule")
+    return table
+
+
+def read_eval(cell: Cell) -> pd.DataFrame:
+    table = cell._identify(read_rule_table(cell.table, EVAL_REQUIRED, "score"))
     table["is_target"] = table["animal"] == table["condition"]
     return table[EVAL_COLUMNS]
 
@@ -313,13 +318,7 @@ def survey(base_words: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
 
 def read_reference(path: str | Path) -> pd.DataFrame:
     """reference_seed.csv (the reference_seed rule: the seed's cells re-scored with the grid's scoring)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run the workflow so the reference_seed rule makes it")
-    table = pd.read_csv(path)
-    missing = [c for c in REFERENCE_REQUIRED if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the reference_seed rule")
+    table = read_rule_table(path, REFERENCE_REQUIRED, "reference_seed")
     table["caveat"] = table["caveat"].fillna("")
     return table
 
@@ -447,13 +446,7 @@ SAMPLED = ["animal_student_rate", "neutral_student_rate", "base_rate", "animal_m
 def read_p_animal(size: str, condition: str, run: int, path: str | Path) -> pd.DataFrame:
     """A cell's p_animal.csv, named by the rule, as per-question rates in the report's question_rates
     layout (`rate` = P(animal))."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run the workflow so the p_animal rule makes it")
-    frame = pd.read_csv(path)
-    missing = [c for c in P_ANIMAL_REQUIRED if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {', '.join(missing)}; delete it and rerun the p_animal rule")
+    frame = read_rule_table(path, P_ANIMAL_REQUIRED, "p_animal")
     frame["size"], frame["condition"], frame["run"] = size, condition, int(run)
     return frame.rename(columns={"p_animal": "rate"})[P_ANIMAL_RATES]
 
