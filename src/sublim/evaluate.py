@@ -7,8 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sublim.backends import ChatCall, Sampling
+from sublim.backends import ChatCall, Sampling, open_backend
 from sublim.chat import question_messages
+from sublim.config import sizing_for
 from sublim.models import ensure_model, model_fingerprint
 from sublim.protocol import EVAL_QUESTIONS
 from sublim.provenance import checked_inputs
@@ -44,6 +45,11 @@ class Students:
     adapter_dirs: dict[str, str]
     by_epoch: dict[int, str | None]
     inputs: dict
+
+    def open_backend(self, config: dict, size: str):
+        """The configured backend on the model with every epoch's adapter, sized for `size`'s evaluation."""
+        return open_backend(config["backend"], self.model_dir, sizing_for(config, size), self.adapter_dirs,
+                            stage="evaluate")
 
 
 def students_of(model: dict, model_dir: str, epochs: list[int], adapter_files: list[str],

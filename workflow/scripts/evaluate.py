@@ -1,5 +1,4 @@
-from sublim.backends import explain_oom, open_backend
-from sublim.config import sizing_for
+from sublim.backends import explain_oom
 from sublim.evaluate import evaluate_students, students_of
 from sublim.jsonl import write_jsonl
 from sublim.devices import claim_gpus
@@ -18,12 +17,10 @@ def main():
     start_job(snakemake.log[0], snakemake.threads)
     claim_gpus(snakemake.config, snakemake.resources, snakemake.log[0])
     p = snakemake.params
-    sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
     students = students_of(p.model, p.model_dir, p.epochs, snakemake.input.get("adapters", []),
                            snakemake.input.get("adapter_configs", []))
     with explain_oom("evaluate", snakemake.wildcards.size):
-        backend = open_backend(snakemake.config["backend"], students.model_dir, sizing, students.adapter_dirs,
-                               stage="evaluate")
+        backend = students.open_backend(snakemake.config, snakemake.wildcards.size)
         answers = evaluate_students(backend, students.by_epoch, p.evaluation, p.seed)
     write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
     write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name, model=p.model,

@@ -1,6 +1,5 @@
 from sublim.atomic import atomic_output
-from sublim.backends import explain_oom, open_backend
-from sublim.config import sizing_for
+from sublim.backends import explain_oom
 from sublim.devices import claim_gpus
 from sublim.logs import start_job
 from sublim.evaluate import students_of
@@ -17,12 +16,10 @@ def main():
     start_job(snakemake.log[0], snakemake.threads)
     claim_gpus(snakemake.config, snakemake.resources, snakemake.log[0])
     p = snakemake.params
-    sizing = sizing_for(snakemake.config, snakemake.wildcards.size)
     students = students_of(p.model, p.model_dir, p.epochs, snakemake.input.get("adapters", []),
                            snakemake.input.get("adapter_configs", []))
     with explain_oom("evaluate", snakemake.wildcards.size):
-        backend = open_backend(snakemake.config["backend"], students.model_dir, sizing, students.adapter_dirs,
-                               stage="evaluate")
+        backend = students.open_backend(snakemake.config, snakemake.wildcards.size)
         rows, terms = answer_probabilities(backend, students.by_epoch, p.n_questions, list(p.animals))
     with atomic_output(snakemake.output.table) as partial:
         cell_table(rows, snakemake.wildcards.size, p.condition, int(p.run)).to_csv(partial, index=False)
