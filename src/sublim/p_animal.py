@@ -50,9 +50,18 @@ def candidates(conditions: list[str]) -> list[str]:
     return list(ANIMALS) + [a for a in animals(conditions) if a not in ANIMALS]
 
 
+def _spellings(word: str) -> list[tuple[str, object]]:
+    """(lead, case) of each spelling of `word` that counts, in a fixed order, one per distinct text."""
+    texts = {}
+    for lead in LEADS:
+        for case in CASES:
+            texts.setdefault(lead + case(word), (lead, case))
+    return list(texts.values())
+
+
 def name_variants(word: str) -> list[str]:
     """The spellings of `word` that count, in a fixed order, each once."""
-    return list(dict.fromkeys(lead + case(word) for lead in LEADS for case in CASES))
+    return [lead + case(word) for lead, case in _spellings(word)]
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,10 @@ def animal_terms(tokenizer, animal_names: list[str]) -> list[Term]:
     """Every animal's name variants (+1) and the excluded words' variants that extend them (-1), tokenised."""
     terms = []
     for animal in animal_names:
-        spellings = [(lead, case) for lead in LEADS for case in CASES]
+        spellings = _spellings(animal)
         names = _encode(tokenizer, [lead + case(animal) for lead, case in spellings])
-        seen = set()
         for (lead, case), ids in zip(spellings, names):
             text = lead + case(animal)
-            if text in seen:
-                continue
-            seen.add(text)
             if any(t.animal == animal and t.sign > 0 and _nested(t.tokens, ids) for t in terms):
                 raise ValueError(f"P({animal}): the tokens of {text!r} and another spelling begin one another, "
                                  f"so their probabilities would overlap; sublim.p_animal.CASES needs a look")
