@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, s
 from trl import SFTConfig, SFTTrainer
 
 from sublim import attention
+from sublim.atomic import atomic_output
 from sublim.chat import student_example
 from sublim.config import sizing_defaults
 from sublim.gpu_share import train_processes
@@ -288,14 +289,10 @@ class StashEpochAdapters(TrainerCallback):
 
 def stash_adapter(checkpoint: Path, stash_dir: Path, epoch: int) -> None:
     """The checkpoint's adapter into stash_dir/epoch-<epoch>, whole or not at all."""
-    target = stash_dir / f"epoch-{epoch}"
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for name in ADAPTER_FILES:
-        shutil.copy2(checkpoint / name, partial / name)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    with atomic_output(stash_dir / f"epoch-{epoch}") as partial:
+        partial.mkdir()
+        for name in ADAPTER_FILES:
+            shutil.copy2(checkpoint / name, partial / name)
 
 
 class StashOnMainProcess(StashEpochAdapters):
