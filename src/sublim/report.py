@@ -62,10 +62,10 @@ def _group_columns(key: list[str], seed: list[str]) -> list[str]:
 
 # The seed's published run 0 beside our rates (one run, so no interval of its own here).
 SEED_RATES = ["seed_animal_student_rate", "seed_neutral_student_rate", "seed_minus_neutral"]
-TRANSMISSION_COLUMNS = _group_columns(["size", "params_b", "animal", "epoch"],
-                                      SEED_RATES + ["seed_n", "seed_suspect", "seed_note"])
-SCALING_COLUMNS = _group_columns(["size", "params_b", "epoch", "n_animals"],
-                                 SEED_RATES + ["seed_n_animals", "seed_suspect", "seed_note"])
+SEED_TRANSMISSION = SEED_RATES + ["seed_n", "seed_suspect", "seed_note"]
+SEED_SCALING = SEED_RATES + ["seed_n_animals", "seed_suspect", "seed_note"]
+TRANSMISSION_COLUMNS = _group_columns(["size", "params_b", "animal", "epoch"], SEED_TRANSMISSION)
+SCALING_COLUMNS = _group_columns(["size", "params_b", "epoch", "n_animals"], SEED_SCALING)
 
 
 # --- reading the evaluate and score stages' files -----------------------------------------------
@@ -357,10 +357,6 @@ class SeedRates:
 def _with_columns(table: pd.DataFrame, records: list[dict], columns: list[str]) -> pd.DataFrame:
     extra = pd.DataFrame.from_records(records, index=table.index, columns=columns)
     return table.assign(**{c: extra[c] for c in columns})
-
-
-SEED_TRANSMISSION = SEED_RATES + ["seed_n", "seed_suspect", "seed_note"]
-SEED_SCALING = SEED_RATES + ["seed_n_animals", "seed_suspect", "seed_note"]
 
 
 def seed_transmission(table: pd.DataFrame, seed: SeedRates) -> pd.DataFrame:
