@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
 from sublim import train
 from sublim.config import ConfigError, load_presets, resolve
 from sublim.jsonl import write_jsonl

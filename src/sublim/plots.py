@@ -16,7 +16,6 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from sublim.config import animals  # noqa: E402
-from sublim.protocol import NEUTRAL_CONDITION as NEUTRAL  # noqa: E402
 from sublim.report import COMPARISONS, SIDES  # noqa: E402
 from sublim.stats import MEAN_OF_ANIMALS, Trend, trend_band  # noqa: E402
 
