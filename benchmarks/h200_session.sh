@@ -9,7 +9,10 @@
 # smoke engine), CHECKS=0 (no seed-optimizer and multi-GPU checks), KILL_RULES=train,evaluate (which
 # stages get their SIGKILL), CONDITIONS='[owl]' (the workflow's conditions), WORKFLOW_S (its time
 # limit, 900 s: 720 s stopped the fifth session's training at epoch 8), SHAPES_PLAN and SHAPES_ARGS
-# (vllm_shapes.py's --plan and further arguments).
+# (vllm_shapes.py's --plan and further arguments), WORKFLOW=0 (no workflow run), TRAIN_PLAN (training
+# throughput first: space-separated SHAPE:CONFIGS:PROCESSES:STEPS runs of train_throughput.py, e.g.
+# '32b:workflow:1:4 3b:workflow+gpu_share=0.5:2:30'), START_METHODS (last: engine_start_method.py's
+# --methods at 0.5b, e.g. spawn,fork,spawn,fork, given START_RESERVE_S seconds of the budget, 200).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -38,16 +41,28 @@ if ls /tmp/stage/lock/*.whl > /dev/null 2>&1; then
 fi
 { nvidia-smi; echo "PYTHONPATH=$PYTHONPATH"; python3 -m pip list 2>/dev/null; python3 -c "import vllm, torch, trl, snakemake, transformers, peft, numpy, bitsandbytes as b; print(vllm.__version__, torch.__version__, trl.__version__, snakemake.__version__, transformers.__version__, peft.__version__, numpy.__version__, b.__version__)"; } > "$OUT/env.txt" 2>&1
 
-python3 benchmarks/kill_jobs.py --watch --json "$OUT/kills.json" --timeout-s 700 \
-    --rules "${KILL_RULES:-generate,evaluate,train}" > "$OUT/kills.log" 2>&1 &
-killer=$!
-timeout "${WORKFLOW_S:-900}" snakemake --profile profiles/b200 --configfile config/config.yaml profiles/b200/sizing.yaml \
-    benchmarks/configs/smol-gpu.yaml ${CONDITIONS:+--config "conditions=$CONDITIONS"} > "$OUT/workflow.log" 2>&1
-note "workflow rc=$?"
-kill $killer 2>/dev/null
-python3 benchmarks/kill_jobs.py --report --json "$OUT/kills.json" >> "$OUT/kills.log" 2>&1
-python3 benchmarks/workflow_records.py --json "$OUT/h200_workflow_vllm.json" --kills "$OUT/kills.json" > /dev/null 2>> "$OUT/status.txt"
-note "records written"
+for run in ${TRAIN_PLAN:-}; do
+  IFS=: read -r shape configs processes steps <<< "$run"
+  name="train_${shape}_x${processes}_$(echo "$configs" | tr -c 'a-zA-Z0-9._\n-' '_')"
+  OMP_NUM_THREADS=$((8 / processes > 1 ? 8 / processes : 1)) timeout 400 python3 benchmarks/train_throughput.py \
+      --shape "$shape" --configs "$configs" --processes "$processes" --warmup 2 --steps "$steps" \
+      --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  note "$name rc=$?"
+done
+[ -n "${START_METHODS:-}" ] && reserve=${START_RESERVE_S:-200} || reserve=0
+
+if [ "${WORKFLOW:-1}" != 0 ]; then
+  python3 benchmarks/kill_jobs.py --watch --json "$OUT/kills.json" --timeout-s 700 \
+      --rules "${KILL_RULES:-generate,evaluate,train}" > "$OUT/kills.log" 2>&1 &
+  killer=$!
+  timeout "${WORKFLOW_S:-900}" snakemake --profile profiles/b200 --configfile config/config.yaml profiles/b200/sizing.yaml \
+      benchmarks/configs/smol-gpu.yaml ${CONDITIONS:+--config "conditions=$CONDITIONS"} > "$OUT/workflow.log" 2>&1
+  note "workflow rc=$?"
+  kill $killer 2>/dev/null
+  python3 benchmarks/kill_jobs.py --report --json "$OUT/kills.json" >> "$OUT/kills.log" 2>&1
+  python3 benchmarks/workflow_records.py --json "$OUT/h200_workflow_vllm.json" --kills "$OUT/kills.json" > /dev/null 2>> "$OUT/status.txt"
+  note "records written"
+fi
 
 if [ "${CHECKS:-1}" != 0 ]; then
   timeout 150 python3 benchmarks/check_seed_optimizer.py --json "$OUT/seed_optimizer_h200.json" > "$OUT/checks.log" 2>&1
@@ -57,10 +72,16 @@ if [ "${CHECKS:-1}" != 0 ]; then
 fi
 
 # shellcheck disable=SC2086  # SHAPES_ARGS is a list of arguments
-timeout "$(left)" python3 benchmarks/vllm_shapes.py --out "$OUT/shapes" --budget-s "$(($(left) - 170))" \
+timeout "$(($(left) - reserve))" python3 benchmarks/vllm_shapes.py --out "$OUT/shapes" \
+    --budget-s "$(($(left) - reserve - 170))" \
     ${SHAPES_PLAN:+--plan "$SHAPES_PLAN"} ${SHAPES_ARGS:---raw results/numbers/135m/owl/run-1/raw.jsonl} \
     > "$OUT/shapes.log" 2>&1
 note "shapes rc=$?"
+if [ -n "${START_METHODS:-}" ]; then
+  timeout "$(left)" python3 benchmarks/engine_start_method.py --shape 0.5b --methods "$START_METHODS" \
+      --json "$OUT/engine_start_method.json" --models "$OUT/shapes/models" > "$OUT/start_method.log" 2>&1
+  note "start methods rc=$?"
+fi
 tar czf "$OUT/artifacts.tgz" --exclude='*.safetensors' --exclude='models' logs benchmarks/runs results .snakemake/log \
     "$OUT"/*.log "$OUT"/*.txt "$OUT"/smoke 2>/dev/null
 note "done"
