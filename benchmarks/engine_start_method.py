@@ -1,8 +1,8 @@
 """What a job's engine start costs when vLLM spawns its engine process against when it forks it.
 
 A spawned engine process starts a fresh interpreter and imports torch and vLLM again before it builds
-the engine; a forked one inherits the job's imports. The workflow spawns (sublim.process: a fork
-after CUDA was touched cannot use CUDA). Each run here is a fresh process doing what an evaluate job
+the engine; a forked one inherits the job's imports. The workflow forks where the job has not touched
+CUDA and spawns otherwise (sublim.process). Each run here is a fresh process doing what an evaluate job
 does with the project's VLLMBackend (dummy weights of a Qwen2.5 shape, eager, 10 LoRA adapters):
 import vLLM, open the engine, answer 10 epochs x 100 questions in one submission, close it. Runs
 alternate between the methods, so a first run's one-time kernel JIT shows as an outlier.
@@ -30,8 +30,9 @@ def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool
     entered = time.time()
     import sublim.process
 
-    sublim.process.ENGINE_START_METHOD = method  # what VLLMBackend sets VLLM_WORKER_MULTIPROC_METHOD to
-    sublim.process.spawn_engine_processes()  # as the backend does, before vLLM is imported
+    # the backend's own choice, from a user's setting: spawn stays, fork holds while CUDA is untouched
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+    sublim.process.prepare_engine_processes()
     from vllm_shapes import lora_folders, model_folder, workflow_sizing
 
     from sublim.backends import ChatCall, Sampling

@@ -12,23 +12,17 @@ through this process's sys.stdout/sys.stderr; rank 0's return value comes back a
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from sublim.process import die_with_parent
+
 RESULT = "rank-0-result.json"
-
-
-def die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def run_processes(processes: int, entry: str, kwargs: dict, workdir: Path):

@@ -1,10 +1,15 @@
 """The processes of a GPU job: how vLLM starts its engine process, and that the engine dies with the job.
 
 vLLM forks its engine process unless told otherwise. A fork of a process that has touched CUDA (even
-`torch.cuda.is_available()`) cannot use CUDA, so the engine died at start ("Cannot re-initialize CUDA
-in forked subprocess"). Jobs therefore always spawn it. A spawned child imports the job's script
-again as `__mp_main__`; the scripts call `die_with_parent_if_spawned(__name__)` there, so an engine
-whose job was killed (OOM killer, preemption, SIGKILL) exits too instead of holding the GPU's memory.
+`torch.cuda.is_available()`) cannot use CUDA: the engine died at start ("Cannot re-initialize CUDA
+in forked subprocess"). A spawned engine always works, but imports torch and vLLM again: ~14 s more
+per engine start, ~17 s a job with its close (benchmarks/README.md, "Engine start: fork or spawn").
+So a job forks its engine when its process has not touched CUDA (the jobs ask NVML, never the CUDA
+runtime, before the engine: sublim.backends.vllm_unusable_reason), asking torch's own record of it,
+and spawns it otherwise. Either way the engine dies with the job when the job is killed (OOM killer,
+preemption, SIGKILL) instead of holding the GPU's memory: a forked engine through the fork hook set
+here, a spawned one (which imports the job's script again as `__mp_main__`) through
+`die_with_parent_if_spawned(__name__)` in the scripts.
 """
 
 from __future__ import annotations
@@ -17,17 +22,48 @@ import sys
 
 log = logging.getLogger(__name__)
 
-ENGINE_START_METHOD = "spawn"
 _PR_SET_PDEATHSIG = 1
+_fork_hook_set = False
 
 
-def spawn_engine_processes() -> None:
-    """Make vLLM spawn, not fork, its engine and worker processes (call before the engine starts)."""
-    current = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
-    if current not in (None, ENGINE_START_METHOD):
-        log.warning("VLLM_WORKER_MULTIPROC_METHOD=%s replaced by %s: a forked engine cannot use CUDA "
-                    "once the job has touched it", current, ENGINE_START_METHOD)
-    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = ENGINE_START_METHOD
+def cuda_touched() -> bool:
+    """Whether this process has called into CUDA, so that a forked child could not use it. torch
+    records it (a child forked now is "in a bad fork"); a probe child reads that record and exits."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        return True
+    try:
+        pid = os.fork()
+    except OSError:
+        return True
+    if pid == 0:  # the probe: no Python cleanup, nothing but the answer
+        os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) != 0
+
+
+def engine_start_method() -> str:
+    """"fork" where the job's process has not touched CUDA, else "spawn"; a user's spawn stays."""
+    if os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "spawn" or not sys.platform.startswith("linux"):
+        return "spawn"
+    return "spawn" if cuda_touched() else "fork"
+
+
+def prepare_engine_processes() -> str:
+    """Set how vLLM starts its engine process (call before vLLM is imported: it reads the setting at
+    import too) and tie a forked engine's life to the job's. Returns the method."""
+    global _fork_hook_set
+    method, current = engine_start_method(), os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
+    if current == "fork" and method == "spawn":
+        log.warning("VLLM_WORKER_MULTIPROC_METHOD=fork replaced by spawn: this job's process has touched CUDA, "
+                    "and a forked engine could not use it")
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+    if method == "fork" and not _fork_hook_set:
+        os.register_at_fork(after_in_child=die_with_parent)
+        _fork_hook_set = True
+    log.info("vLLM's engine process is %s", "forked" if method == "fork" else "spawned")
+    return method
 
 
 def die_with_parent() -> bool:

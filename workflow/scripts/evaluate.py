@@ -8,8 +8,8 @@ from sublim.provenance import write_provenance
 from sublim.scoring import with_parsed_animal
 
 
-# vLLM spawns its engine process, which imports this script again as __mp_main__: only the main
-# process runs the job, and the engine dies with it (sublim.process).
+# Where vLLM spawns its engine process (sublim.process), that one imports this script again as
+# __mp_main__: only the main process runs the job, and the engine dies with it.
 die_with_parent_if_spawned(__name__)
 
 

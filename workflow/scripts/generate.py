@@ -9,8 +9,8 @@ from sublim.process import die_with_parent_if_spawned
 from sublim.provenance import write_provenance
 
 
-# vLLM spawns its engine process, which imports this script again as __mp_main__: only the main
-# process runs the job, and the engine dies with it (sublim.process).
+# Where vLLM spawns its engine process (sublim.process), that one imports this script again as
+# __mp_main__: only the main process runs the job, and the engine dies with it.
 die_with_parent_if_spawned(__name__)
 
 

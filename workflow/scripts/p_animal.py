@@ -8,7 +8,7 @@ from sublim.process import die_with_parent_if_spawned
 from sublim.provenance import write_provenance
 
 
-# vLLM spawns its engine process, which imports this script again as __mp_main__ (sublim.process).
+# Where vLLM spawns its engine process, that one imports this script again as __mp_main__ (sublim.process).
 die_with_parent_if_spawned(__name__)
 
 

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from sublim.backends.calls import ChatCall, Sampling, ScoreCall, prompt_token_ids
-from sublim.process import spawn_engine_processes
+from sublim.process import prepare_engine_processes
 from sublim.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model_dir: str, sizing: dict, adapters: dict[str, str], stage: str = "generate"):
-        spawn_engine_processes()  # before vLLM is imported: it reads the setting at import too
+        prepare_engine_processes()  # before vLLM is imported: it reads the setting at import too
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
