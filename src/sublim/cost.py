@@ -44,6 +44,7 @@ TRAIN_ALONE = {  # one training on the card
     "3b": ("train_3b_third_session.json", "workflow"),
     "7b": ("train_7b_autocast_inputs.json", "workflow"),
     "14b": ("train_14b_third_session.json", "workflow"),
+    "32b": ("train_32b_sixth_session.json", "workflow+train_micro_batch=30"),  # the sizing's 30 rows
 }
 TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): tokens/s of the whole card
     "0.5b": "concurrent_0.5b_x4_sublim_mps*.json",
@@ -51,6 +52,7 @@ TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): token
 }
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
+START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
 
 
 # -- model shapes ---------------------------------------------------------------------------------
@@ -166,6 +168,8 @@ class Measurements:
     compiled_speedup: dict[str, tuple[float, float]] = field(default_factory=dict)
     compile_cold: dict[str, tuple[float, float]] = field(default_factory=dict)
     compile_warm_s: float = 0.0
+    # what a forked engine saves against a spawned one, start and close (the vLLM records spawned)
+    fork_saving_s: float = 0.0
     files: list[str] = field(default_factory=list)
 
 
@@ -214,7 +218,8 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         shape, p = r["shape"], _shape_params(r["shape"])
         if r["stage"] == "generate" and r["mode"] == "eager" and r["seeds"] == "per_request":
             m.generate_token[shape] = (p, r["generate_s"] / (r["prompts"] * r["max_tokens"]))
-            m.start_generate[shape] = (p, r["engine_start_s"] + r["engine_close_s"])
+            if not r.get("first_engine_on_machine"):  # that start holds vLLM's one-time kernel JIT
+                m.start_generate[shape] = (p, r["engine_start_s"] + r["engine_close_s"])
             m.completion_tokens = r["max_tokens"]
         elif r["stage"] == "evaluate":
             m.start_evaluate[shape] = (p, r["engine_start_s"] + r["engine_close_s"])
@@ -234,9 +239,11 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         eager = [e for e in generated if e["mode"] == "eager" and e["shape"] == r["shape"]
                  and e["max_num_seqs"] == r["max_num_seqs"]]
         if r["mode"] == "compiled" and eager:
-            p = _shape_params(r["shape"])
-            m.compiled_speedup[r["shape"]] = (p, eager[-1]["generate_s"] / r["generate_s"])
-            m.compile_cold[r["shape"]] = (p, r["engine_start_s"] - eager[-1]["engine_start_s"])
+            p, base = _shape_params(r["shape"]), eager[-1]
+            m.compiled_speedup[r["shape"]] = (p, base["generate_s"] / r["generate_s"])
+            eager_start = (by_params(m.start_generate, p, beyond="flat").value - base["engine_close_s"]
+                           if base.get("first_engine_on_machine") else base["engine_start_s"])
+            m.compile_cold[r["shape"]] = (p, r["engine_start_s"] - eager_start)
     # issue 11's 7b figures (no raw record): 128-token requests, so its gain is an upper bound
     issue = need(VLLM_COMPILED)[0]
     eager_7b = next(r for r in generated if r["shape"] == issue["shape"] and r["mode"] == "eager")
@@ -246,6 +253,9 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.compiled_speedup.setdefault(issue["shape"], (p, gain))
     m.compile_cold.setdefault(issue["shape"], (p, issue["engine_start_cold_s"] - eager_7b["engine_start_s"]))
     m.compile_warm_s = issue["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
+    starts = {method: [r["engine_start_s"] + r["close_s"] for r in need(START_METHODS)
+                       if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
+    m.fork_saving_s = statistics.mean(starts["spawn"]) - statistics.mean(starts["fork"])
     return m
 
 
@@ -265,7 +275,7 @@ def assumptions(m: Measurements) -> list[str]:
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
         f"); sizes with gpu_share 0.25 at the card's rate with four packed trainings under MPS "
         f"(concurrent_*_sublim_mps*.json, lower bounds), so a cell's GPU time is its wall time / 4",
-        "training beyond 14b at 14b's MFU (time per token in proportion to parameters), x "
+        "training beyond 32b at 32b's MFU (time per token in proportion to parameters), x "
         f"{CHECKPOINTING_FACTOR} where the sizing turns activation checkpointing on; measured with the "
         "completion-only loss and 32-bit fused AdamW (the loss and optimizer are taken not to change the rate); "
         "model load and adapter saves not counted",
@@ -276,17 +286,22 @@ def assumptions(m: Measurements) -> list[str]:
         "compiled engines (enforce_eager false): the eager rate x the compiled speedup measured at the same "
         "batch (" + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.compiled_speedup.items(),
                                                                        key=lambda i: i[1][0])) +
-        f"; 7b from issue 11's 128-token figures, {VLLM_COMPILED}: an upper bound), interpolated by parameters; "
+        "), interpolated by parameters; "
         "an engine start longer by the measured compile time for the first job of a size and stage (empty "
         "compile cache: " + ", ".join(f"{s} +{v:.0f} s" for s, (_, v) in sorted(m.compile_cold.items(),
                                                                              key=lambda i: i[1][0])) +
-        f"), by {m.compile_warm_s:.0f} s for the later ones (7b with the cache filled; at most the cold figure)",
+        f"), by {m.compile_warm_s:.0f} s for the later ones (7b with the cache filled, from issue 11's figures, "
+        f"{VLLM_COMPILED}; at most the cold figure)",
         f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
         "engine starts with dummy weights: reading the real weights adds their size over the disk's read rate "
         "(the page cache serves later jobs of a size); engine start includes the engine's close",
-        "sizes without a record of their own (vLLM at 3b; the compiled gain at 1.5b and 3b; everything at 32b and 72b; "
+        f"engines forked, as the jobs start them where their process has not touched CUDA (sublim.process): the "
+        f"records' spawned starts less {m.fork_saving_s:.1f} s, measured at 0.5b with the project's VLLMBackend "
+        f"(start and close, two runs of each, {START_METHODS}); the saving is the engine process's own imports, "
+        f"the same at every size",
+        "sizes without a record of their own (the compiled gain at 1.5b; everything at 72b; "
         "sizes below 0.5b at 0.5b's rates) are interpolated between the nearest measured shapes by parameter "
         "count, or extrapolated from the nearest in proportion to parameters; each figure says which",
         "a job on N cards (72b under profiles/multi-gpu) costs N x its wall time; wall time on the profile = "
@@ -337,10 +352,12 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
 
 def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[float, str]:
     start = by_params(points, params, beyond="flat")
+    forked = start.value - m.fork_saving_s
+    basis = f"{start.basis}, forked ({m.fork_saving_s:.0f} s less than spawned), eager"
     if eager:
-        return start.value, f"{start.basis}, eager"
+        return forked, basis
     warm = compiled_figures(m, params)[2]
-    return start.value + warm, f"{start.basis}, eager, + {warm:.0f} s to compile (warm cache)"
+    return forked + warm, f"{basis}, + {warm:.0f} s to compile (warm cache)"
 
 
 def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
