@@ -3,7 +3,7 @@ a vLLM engine process's traceback) goes to its log file under logs/ and, as befo
 Snakemake runs in.
 
 The capture works on file descriptors 1 and 2, not on Python's sys.stdout/sys.stderr: vLLM runs its
-engine in a spawned process that writes to the inherited descriptors, and when the engine fails to
+engine in a child process (forked or spawned) that writes to the inherited descriptors, and when the engine fails to
 start, the cause is only in that process's output. `job_log_text()` gives the job's share of the log
 back, so an error can name that cause.
 """
