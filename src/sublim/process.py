@@ -3,10 +3,10 @@
 vLLM forks its engine process unless told otherwise. A fork of a process that has touched CUDA (even
 `torch.cuda.is_available()`) cannot use CUDA: the engine died at start ("Cannot re-initialize CUDA
 in forked subprocess"). A spawned engine always works, but imports torch and vLLM again: ~14 s more
-per engine start, ~17 s a job with its close (benchmarks/README.md, "Engine start: fork or spawn").
-So a job forks its engine when its process has not touched CUDA (the jobs ask NVML, never the CUDA
-runtime, before the engine: sublim.backends.vllm_unusable_reason), asking torch's own record of it,
-and spawns it otherwise. Either way the engine dies with the job when the job is killed (OOM killer,
+per engine start, ~17 s a job with its close (benchmarks/README.md, "Sixth session").
+So a job forks its engine while its own process has not touched CUDA (the jobs ask NVML, never the
+CUDA runtime, for their GPUs: sublim.backends.vllm_unusable_reason) and spawns it otherwise; torch's
+own record decides. Either way the engine dies with the job when the job is killed (OOM killer,
 preemption, SIGKILL) instead of holding the GPU's memory: a forked engine through the fork hook set
 here, a spawned one (which imports the job's script again as `__mp_main__`) through
 `die_with_parent_if_spawned(__name__)` in the scripts.
@@ -37,8 +37,12 @@ def cuda_touched() -> bool:
         pid = os.fork()
     except OSError:
         return True
-    if pid == 0:  # the probe: no Python cleanup, nothing but the answer
-        os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+    if pid == 0:  # the probe: the answer and out, never back into the job's code
+        answer = 1
+        try:
+            answer = int(bool(torch.cuda._is_in_bad_fork()))
+        finally:
+            os._exit(answer)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) != 0
 
