@@ -38,7 +38,8 @@ if pid == 0:
     except Exception:
         os._exit(1)
 _, status = os.waitpid(pid, 0)
-print(json.dumps({{"probe_says_touched": touched, "forked_child_can_use_cuda": os.waitstatus_to_exitcode(status) == 0}}))
+usable = os.waitstatus_to_exitcode(status) == 0
+print(json.dumps({{"probe_says_touched": touched, "forked_child_can_use_cuda": usable}}))
 """
 
 

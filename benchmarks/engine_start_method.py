@@ -33,12 +33,10 @@ def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool
     # the backend's own choice, from a user's setting: spawn stays, fork holds while CUDA is untouched
     os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
     sublim.process.prepare_engine_processes()
-    from vllm_shapes import lora_folders, model_folder, workflow_sizing
+    from vllm_shapes import eval_calls, lora_folders, model_folder, workflow_sizing
 
-    from sublim.backends import ChatCall, Sampling
+    from sublim.backends import Sampling
     from sublim.backends.vllm_backend import VLLMBackend
-    from sublim.chat import question_messages
-    from sublim.protocol import EVAL_QUESTIONS
 
     began = time.perf_counter()
     import vllm  # noqa: F401
@@ -49,8 +47,7 @@ def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool
     ready = time.perf_counter()
     # vLLM switches to spawn itself (and says so in this variable) when it finds CUDA initialised
     in_effect = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
-    conversations = [question_messages(q) for q in EVAL_QUESTIONS[:50] for _ in range(2)]
-    calls = [ChatCall(conversations, seed=epoch, adapter=name) for epoch, name in enumerate(adapters, 1)]
+    _, calls = eval_calls(adapters, 100)
     answers = backend.chat_many(calls, Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=8), desc="eval")
     answered = time.perf_counter()
     backend.close()

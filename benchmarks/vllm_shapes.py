@@ -218,11 +218,21 @@ def render_step(shape: str, args, root: Path) -> list[dict]:
              "token_ids_conversations_per_s": len(conversations) / tokens_s}]
 
 
-def eval_step(shape: str, args, root: Path) -> list[dict]:
-    from sublim.backends import ChatCall, Sampling, chat_one_by_one
-    from sublim.backends.vllm_backend import VLLMBackend
+def eval_calls(adapters: dict[str, str], requests: int) -> tuple[list, list]:
+    """An evaluation of every adapter with `requests` answers each (the first questions, repeated):
+    the conversations and one ChatCall per epoch's adapter, seeded with its epoch."""
+    from sublim.backends import ChatCall
     from sublim.chat import question_messages
     from sublim.protocol import EVAL_QUESTIONS
+
+    questions = EVAL_QUESTIONS[: min(50, requests)]
+    conversations = [question_messages(q) for q in questions for _ in range(max(1, requests // len(questions)))]
+    return conversations, [ChatCall(conversations, seed=epoch, adapter=name) for epoch, name in enumerate(adapters, 1)]
+
+
+def eval_step(shape: str, args, root: Path) -> list[dict]:
+    from sublim.backends import Sampling, chat_one_by_one
+    from sublim.backends.vllm_backend import VLLMBackend
 
     adapters = lora_folders(shape, root, args.epochs)
     sizing = workflow_sizing(shape, True, args.cpu)
@@ -232,9 +242,7 @@ def eval_step(shape: str, args, root: Path) -> list[dict]:
             "adapters": len(adapters), "max_tokens": args.eval_tokens}
     records = []
     for requests in args.eval_requests:
-        questions = EVAL_QUESTIONS[: min(50, requests)]
-        conversations = [question_messages(q) for q in questions for _ in range(max(1, requests // len(questions)))]
-        calls = [ChatCall(conversations, seed=epoch, adapter=name) for epoch, name in enumerate(adapters, 1)]
+        conversations, calls = eval_calls(adapters, requests)
         together, together_s = timed(lambda: backend.chat_many(calls, sampling, desc="eval"))
         record = {**base, "requests_per_epoch": len(conversations), "one_submission_s": together_s}
         if requests == args.eval_requests[0]:  # the comparisons, at the smallest size

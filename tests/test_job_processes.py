@@ -1,6 +1,7 @@
 """A GPU job's processes: vLLM's engine is forked while the job has not touched CUDA and spawned once
-it has (never forked after), its output reaches the job's log, and it dies with the job. CPU only: a stand-in `vllm` package records how
-the engine would have been started, and plain multiprocessing children stand in for the engine."""
+it has (never forked after), its output reaches the job's log, and it dies with the job. CPU only: a
+stand-in `vllm` package records how the engine would have been started, and plain multiprocessing
+children stand in for the engine."""
 
 from __future__ import annotations
 
