@@ -10,6 +10,10 @@ module registers it with transformers as attention implementation `sublim_varlen
 Without row boundaries (a padded batch) it is plain causal `sdpa`, with the padding mask when
 there is one; on a CPU, or a torch without `varlen_attn`, rows run one by one through `sdpa`,
 which computes the same function.
+
+A batch whose rows share their opening tokens once (`sublim.shared_prefix`) passes the index of
+each whole row's positions in it: the attention gathers the whole rows, runs over them, and keeps
+the outputs of the shared positions (the prefix's from the first row).
 """
 
 from __future__ import annotations
@@ -97,7 +101,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         return _padded_sdpa(module, query, key, value, attention_mask, scaling), None
     max_len = kwargs.get("max_length_q") or int(cu_seq.diff().max())
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
+    expand = kwargs.get("shared_prefix_expand")
+    if expand is not None:  # one copy of the rows' common prefix (sublim.shared_prefix): the whole rows
+        q, k, v = (t.index_select(0, expand) for t in (q, k, v))
     out = varlen_attention(q, k, v, cu_seq.to(device=q.device, dtype=torch.int32), int(max_len), scaling)
+    if expand is not None:
+        out = out.index_select(0, kwargs["shared_prefix_output"])
     return out[None], None
 
 

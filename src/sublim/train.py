@@ -20,7 +20,7 @@ from peft.helpers import disable_input_dtype_casting
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from sublim import attention
+from sublim import attention, fused_lora, shared_prefix
 from sublim.atomic import atomic_output
 from sublim.chat import student_example
 from sublim.config import sizing_defaults
@@ -51,7 +51,7 @@ def lora_config(lora: dict) -> LoraConfig:
 # changes the science: effective batch, schedule, loss, data order and LoRA stay the preset's.
 TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
                   "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
-                  "train_processes")
+                  "shared_prefix", "fused_lora", "train_processes")
 
 
 def train_sizing(sizing: dict) -> dict:
@@ -191,23 +191,47 @@ class LazyMetricsSFTTrainer(SFTTrainer):
                 and not self.aux_loss_enabled and self.accelerator.num_processes == 1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        shared = {key: inputs.pop(key) for key in shared_prefix.PREFIX_KEYS if key in inputs}
         if return_outputs or not self.model.training or not self._plain_nll():
+            if shared:
+                raise RuntimeError("a batch with a shared prefix (sizing shared_prefix) reached TRL's own loss, "
+                                   "which would count the prefix once; set sizing shared_prefix: false")
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs["use_cache"] = False
         outputs = model(**inputs, fused_lm_head=True)
-        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        log_probs, entropy, is_top1 = outputs.log_probs, outputs.entropy.detach(), outputs.is_top1
+        valid = outputs.label_mask.sum()
+        if shared:  # the prefix's predictions stand for every row's (sublim.shared_prefix)
+            prefix, copies = shared["shared_prefix_length"], shared["shared_prefix_copies"]
+            weight = shared_prefix.prefix_loss_weight(log_probs.shape, prefix, copies, log_probs.device)
+            log_probs, entropy, is_top1 = log_probs * weight, entropy * weight, is_top1 * weight
+            valid = valid + (copies - 1) * outputs.label_mask[:, :prefix].sum()
+        num_tokens = valid if num_items_in_batch is None else num_items_in_batch
+        loss = -log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
         # entropy and top-1 hits are zero on ignored positions: a batch with none valid logs 0, as in TRL
-        valid = outputs.label_mask.sum().clamp(min=1)
+        valid = valid.clamp(min=1)
         metrics = self._metrics["train"]
-        metrics["entropy"].append(outputs.entropy.detach().sum() / valid)
-        metrics["mean_token_accuracy"].append(outputs.is_top1.sum() / valid)
+        metrics["entropy"].append(entropy.sum() / valid)
+        metrics["mean_token_accuracy"].append(is_top1.sum() / valid)
         if "attention_mask" in inputs:
             self._total_train_tokens += inputs["attention_mask"].sum()
-        else:  # padding-free: the packed length is known on the host
-            self._total_train_tokens += inputs["position_ids"].size(1)
+        else:  # padding-free: the rows' length is known on the host
+            self._total_train_tokens += shared_prefix.row_tokens(inputs["position_ids"].size(1), **shared)
         metrics["num_tokens"] = [self._total_train_tokens]
         return loss
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """The accumulation window's label count, as if each shared prefix were in every row."""
+        count = super()._get_num_items_in_batch(batch_samples, device)
+        extra = sum(shared_prefix.repeated_prefix_labels(batch) for batch in batch_samples)
+        return count + extra if count is not None and extra else count
+
+    def _track_num_input_tokens(self, inputs):
+        """The tracker's token count: the rows' tokens, a shared prefix once per row."""
+        if "shared_prefix_length" not in inputs or self.args.include_num_input_tokens_seen == "no":
+            return super()._track_num_input_tokens(inputs)
+        self.state.num_input_tokens_seen += shared_prefix.row_tokens(
+            inputs["position_ids"].size(1), *(inputs[key] for key in shared_prefix.PREFIX_KEYS))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for values in self._metrics["train"].values():
@@ -243,7 +267,35 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
     check_row_lengths(trainer, training["max_length"])
     if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
         trainer.add_callback(LoraInputsCastByAutocast())
+    if train_sizing(sizing)["fused_lora"]:
+        if train_processes(train_sizing(sizing)) > 1:  # FSDP frees and refills the weights it shards
+            log.warning("sizing fused_lora: true does not apply to a training over several processes; "
+                        "PEFT's LoRA layers run")
+        else:
+            trainer.add_callback(fused_lora.FusedLoraLayers())
+    if train_sizing(sizing)["shared_prefix"]:
+        why_not = shared_prefix_unsupported(trainer, training, sizing)
+        if why_not:
+            log.warning("sizing shared_prefix: true does not apply here (%s); every row computes its own prefix",
+                        why_not)
+        else:
+            log.info("sizing shared_prefix: the opening tokens every row of a micro-batch shares are computed once")
+            trainer.data_collator = shared_prefix.SharedPrefixCollator(trainer.data_collator)
     return trainer
+
+
+def shared_prefix_unsupported(trainer: SFTTrainer, training: dict, sizing: dict) -> str | None:
+    """Why a training cannot share its rows' common prefix (sublim.shared_prefix), or None."""
+    levers = train_sizing(sizing)
+    if not (trainer.args.padding_free and attention_implementation(sizing) == attention.VARLEN):
+        return "it needs padding_free: true with the varlen attention"
+    if not isinstance(trainer, LazyMetricsSFTTrainer) or not trainer._plain_nll():
+        return "it needs lazy_metrics: true, one training process and the plain negative log-likelihood"
+    if training["lora"]["dropout"]:
+        return "LoRA dropout draws a different mask for each copy of the prefix"
+    if levers["torch_compile"]:
+        return "torch_compile is not measured with it"
+    return None
 
 
 class LoraInputsCastByAutocast(TrainerCallback):

@@ -1,0 +1,103 @@
+"""A LoRA layer's forward and backward in fewer passes over its activations (sizing fused_lora).
+
+PEFT computes `base(x) + lora_B(lora_A(x)) * scaling` as four kernels over the layer's output
+(the low-rank product, the scaling, the sum, and their gradients again in the backward), and adds
+the two input gradients in a fifth. Here the low-rank product is added into the base output by the
+matmul itself (`addmm_`: C += U·Bᵀ in the GEMM's epilogue), and the backward adds the LoRA input
+gradient into the base one the same way. Same function; the sum is rounded once instead of per
+term. Training only: `FusedLoraLayers` swaps the layers' forward when training begins and gives
+PEFT's back when it ends (saving, merging and generation see PEFT's own layers).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the layer's matmuls run in: autocast's where it is on, else the input's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b + s (x Aᵀ) Bᵀ with W, b frozen; gradients for x, A and B."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
+            weight, a, b_scaled = weight.to(dtype), lora_a.to(dtype), (lora_b * scaling).to(dtype)
+            out = F.linear(x2d, weight, None if bias is None else bias.to(dtype))
+            low_rank = x2d @ a.t()
+            out.addmm_(low_rank, b_scaled.t())
+        ctx.save_for_backward(x2d, weight, a, b_scaled, low_rank)
+        ctx.scaling, ctx.x_shape, ctx.x_dtype = scaling, x.shape, x.dtype
+        ctx.lora_dtypes = (lora_a.dtype, lora_b.dtype)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2d, weight, a, b_scaled, low_rank = ctx.saved_tensors
+        with torch.autocast(x2d.device.type, enabled=False):
+            g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
+            grad_b = (g.t() @ low_rank).mul_(ctx.scaling)
+            grad_low_rank = g @ b_scaled
+            grad_a = grad_low_rank.t() @ x2d
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_x, None, None, grad_a.to(ctx.lora_dtypes[0]), grad_b.to(ctx.lora_dtypes[1]), None
+
+
+def fusable(layer) -> bool:
+    """A PEFT LoRA Linear this module can run: one plain adapter, no dropout, frozen base, unmerged."""
+    from peft.tuners.lora.layer import Linear
+
+    if not isinstance(layer, Linear) or layer.merged or layer.disable_adapters:
+        return False
+    active = [name for name in layer.active_adapters if name in layer.lora_A]
+    return (len(active) == 1 and active[0] not in layer.lora_variant
+            and isinstance(layer.lora_dropout[active[0]], torch.nn.Identity)
+            and not layer.base_layer.weight.requires_grad and not getattr(layer, "fan_in_fan_out", False)
+            and (layer.base_layer.bias is None or not layer.base_layer.bias.requires_grad))
+
+
+def fused_forward(self, x, *args, **kwargs):
+    if args or kwargs or not fusable(self):  # what this module does not cover: PEFT's own forward
+        return type(self).forward(self, x, *args, **kwargs)
+    name = next(name for name in self.active_adapters if name in self.lora_A)
+    return LoraLinearFunction.apply(x, self.base_layer.weight, self.base_layer.bias, self.lora_A[name].weight,
+                                    self.lora_B[name].weight, self.scaling[name])
+
+
+def fuse(model) -> list:
+    """Swap the forward of every fusable LoRA layer of `model`; returns the layers swapped."""
+    layers = [m for m in model.modules() if fusable(m)]
+    for layer in layers:
+        layer.forward = types.MethodType(fused_forward, layer)
+    return layers
+
+
+def unfuse(layers: list) -> None:
+    for layer in layers:
+        del layer.forward  # the instance attribute: the class's (PEFT's) forward again
+
+
+class FusedLoraLayers(TrainerCallback):
+    """Fused LoRA layers for the whole training, PEFT's own afterwards."""
+
+    def __init__(self):
+        self._layers = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._layers = fuse(model)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        unfuse(self._layers)
+        self._layers = []
