@@ -12,7 +12,9 @@
 # (vllm_shapes.py's --plan and further arguments), WORKFLOW=0 (no workflow run), TRAIN_PLAN (training
 # throughput first: space-separated SHAPE:CONFIGS:PROCESSES:STEPS runs of train_throughput.py, e.g.
 # '32b:workflow:1:4 3b:workflow+gpu_share=0.5:2:30'), START_METHODS (last: engine_start_method.py's
-# --methods at 0.5b, e.g. spawn,fork,spawn,fork, given START_RESERVE_S seconds of the budget, 200).
+# --methods at 0.5b, e.g. spawn,fork,spawn,fork, given START_RESERVE_S seconds of the budget, 200),
+# WORKFLOW_CONFIG (the workflow's config, benchmarks/configs/smol-gpu.yaml; smol-gpu-quick.yaml checks
+# the path in ~5 min), SHAPES=0 (no vllm_shapes.py).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -56,7 +58,7 @@ if [ "${WORKFLOW:-1}" != 0 ]; then
       --rules "${KILL_RULES:-generate,evaluate,train}" > "$OUT/kills.log" 2>&1 &
   killer=$!
   timeout "${WORKFLOW_S:-900}" snakemake --profile profiles/b200 --configfile config/config.yaml profiles/b200/sizing.yaml \
-      benchmarks/configs/smol-gpu.yaml ${CONDITIONS:+--config "conditions=$CONDITIONS"} > "$OUT/workflow.log" 2>&1
+      "${WORKFLOW_CONFIG:-benchmarks/configs/smol-gpu.yaml}" ${CONDITIONS:+--config "conditions=$CONDITIONS"} > "$OUT/workflow.log" 2>&1
   note "workflow rc=$?"
   kill $killer 2>/dev/null
   python3 benchmarks/kill_jobs.py --report --json "$OUT/kills.json" >> "$OUT/kills.log" 2>&1
@@ -71,12 +73,14 @@ if [ "${CHECKS:-1}" != 0 ]; then
   note "multi-gpu check rc=$?"
 fi
 
-# shellcheck disable=SC2086  # SHAPES_ARGS is a list of arguments
-timeout "$(($(left) - reserve))" python3 benchmarks/vllm_shapes.py --out "$OUT/shapes" \
-    --budget-s "$(($(left) - reserve - 170))" \
-    ${SHAPES_PLAN:+--plan "$SHAPES_PLAN"} ${SHAPES_ARGS:---raw results/numbers/135m/owl/run-1/raw.jsonl} \
-    > "$OUT/shapes.log" 2>&1
-note "shapes rc=$?"
+if [ "${SHAPES:-1}" != 0 ]; then
+  # shellcheck disable=SC2086  # SHAPES_ARGS is a list of arguments
+  timeout "$(($(left) - reserve))" python3 benchmarks/vllm_shapes.py --out "$OUT/shapes" \
+      --budget-s "$(($(left) - reserve - 170))" \
+      ${SHAPES_PLAN:+--plan "$SHAPES_PLAN"} ${SHAPES_ARGS:---raw results/numbers/135m/owl/run-1/raw.jsonl} \
+      > "$OUT/shapes.log" 2>&1
+  note "shapes rc=$?"
+fi
 if [ -n "${START_METHODS:-}" ]; then
   timeout "$(left)" python3 benchmarks/engine_start_method.py --shape 0.5b --methods "$START_METHODS" \
       --json "$OUT/engine_start_method.json" --models "$OUT/shapes/models" > "$OUT/start_method.log" 2>&1

