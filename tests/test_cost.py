@@ -84,20 +84,43 @@ def test_packed_training_costs_a_quarter_card_per_hour_of_wall_time(grid, m):
     job = cost.train_job(grid, "0.5b", m)
     tokens = 10 * 10_000 * cost.TOKENS_PER_ROW
     assert job.cards == 0.25
-    assert job.card_s["train"] == pytest.approx(tokens * m.train_packed["0.5b"][1])
+    gain = m.levers_gain_packed["0.5b"][1]  # profiles/b200 shares prefixes and fuses LoRA layers
+    assert job.card_s["train"] == pytest.approx(tokens * m.train_packed["0.5b"][1] / gain)
     assert job.wall_s == pytest.approx(4 * job.card_s["train"])
     alone = cost.train_job({**grid, "sizing": {**grid["sizing"], "0.5b": {"gpu_share": 1.0}}}, "0.5b", m)
-    assert alone.cards == 1 and alone.card_s["train"] == pytest.approx(tokens * m.train_alone["0.5b"][1])
+    gain = cost.by_params(m.levers_gain_alone, 0.49, beyond="flat").value
+    assert alone.cards == 1 and alone.card_s["train"] == pytest.approx(tokens * m.train_alone["0.5b"][1] / gain)
+
+
+def test_shared_prefix_and_fused_lora_gain_is_counted_only_where_the_trainer_has_it(grid, m):
+    """Both levers on (profiles/b200): the records' rate x the paired gain; one of them off, or a
+    training over several processes (no shared prefixes there): the records' rate."""
+    tokens = cost.train_tokens(grid["protocol"])
+    plain = tokens * m.train_alone["14b"][1]
+    assert cost.train_job(grid, "14b", m).card_s["train"] == pytest.approx(plain / m.levers_gain_alone["14b"][1])
+    assert 1.1 < m.levers_gain_alone["14b"][1] < 1.3
+    for off in ({"shared_prefix": False}, {"fused_lora": False}, {"train_processes": 2, "gpus": 2}):
+        sizing = {**grid["sizing"], "14b": {**grid["sizing"].get("14b", {}), **off}}
+        assert cost.train_job({**grid, "sizing": sizing}, "14b", m).card_s["train"] == pytest.approx(plain), off
+
+
+def test_a_shared_prefix_saves_less_on_longer_rows():
+    record = {"shared_prefix_length": 23, "micro_batch": 60, "mean_row_tokens": 132.0}
+    assert cost.row_gain(record, 132.0) == pytest.approx(1.0)
+    assert cost.row_gain(record, 138.0) < 1.0 < cost.row_gain(record, 120.0)
+    # 138-token rows compute 138 - 23 x 59/60 tokens each instead of 138
+    assert cost.row_gain(record, 138.0) == pytest.approx((138 / (138 - 23 * 59 / 60)) / (132 / (132 - 23 * 59 / 60)))
+    assert cost.row_gain({"micro_batch": 60, "mean_row_tokens": 132.0}, 138.0) == 1.0
 
 
 def test_beyond_32b_training_runs_at_32b_mfu(grid, m):
     per_token = cost.train_job(grid, "72b", m).card_s["train"] / cost.train_tokens(grid["protocol"])
     # 72b under profiles/b200 trains with activation checkpointing: the forward runs twice
-    rate = cost.CHECKPOINTING_FACTOR / per_token
+    rate = cost.CHECKPOINTING_FACTOR / per_token / m.levers_gain_alone["32b"][1]  # and 32b's lever gain
     mfu = 4 * 72.7e9 * rate / cost.PEAK_BF16_FLOPS
     assert mfu == pytest.approx(m.train_mfu["32b"], rel=0.01)
     assert "checkpointing" in cost.train_job(grid, "72b", m).basis["train"]
-    assert cost.train_job(grid, "32b", m).basis["train"] == "measured at 32b"
+    assert cost.train_job(grid, "32b", m).basis["train"].startswith("measured at 32b; / 1.")
 
 
 def test_grid_totals_add_up(grid, m):

@@ -25,7 +25,7 @@ import yaml
 
 from sublim.backends.vllm_backend import stage_setting
 from sublim.config import eval_epochs, kept_epochs, sizing_for
-from sublim.gpu_share import GPU_SLOTS, train_gpu_slots, whole_gpu_slots
+from sublim.gpu_share import GPU_SLOTS, train_gpu_slots, train_processes, whole_gpu_slots
 
 TOKENS_PER_ROW = 138  # a kept row in the Qwen template with its default system prompt (DESIGN.md)
 PEAK_BF16_FLOPS = 989e12  # one H200's dense bf16 peak: the records' MFU is measured against it
@@ -50,6 +50,9 @@ TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): token
     "0.5b": "concurrent_0.5b_x4_sublim_mps*.json",
     "1.5b": "concurrent_1.5b_x4_sublim_mps*.json",
 }
+# The records above ran without sizing's shared_prefix and fused_lora; these pairs (one process,
+# or one concurrent run, each with both on and both off) give their gain per shape.
+TRAIN_LEVERS = "train_levers_seventh_session.json"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
 START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
@@ -156,6 +159,9 @@ class Measurements:
     train_alone: dict[str, tuple[float, float]] = field(default_factory=dict)
     train_packed: dict[str, tuple[float, float]] = field(default_factory=dict)
     train_mfu: dict[str, float] = field(default_factory=dict)
+    # tokens/s with shared_prefix and fused_lora on / both off, for rows of TOKENS_PER_ROW tokens
+    levers_gain_alone: dict[str, tuple[float, float]] = field(default_factory=dict)
+    levers_gain_packed: dict[str, tuple[float, float]] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -213,6 +219,10 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         m.files += [Path(p).name for p in paths]
         m.train_packed[shape] = (_shape_params(shape), 1 / statistics.mean(rates))
 
+    for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
+        shape, packed = record_key
+        (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
+
     vllm = [r for r in need(VLLM_EAGER) if "error" not in r]
     for r in vllm:  # a later record of a shape replaces an earlier one
         shape, p = r["shape"], _shape_params(r["shape"])
@@ -259,6 +269,41 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     return m
 
 
+def _levers(record: dict) -> tuple[bool, bool]:
+    sizing = record.get("sizing") or {}
+    return bool(sizing.get("shared_prefix")), bool(sizing.get("fused_lora"))
+
+
+def row_gain(record: dict, row_tokens: float) -> float:
+    """What sharing the record's prefix saves on rows of `row_tokens` against its own rows: the
+    prefix is computed once per micro-batch, so a row costs its tokens less P·(K-1)/K."""
+    rows = record.get("micro_batch", 1)
+    shared = record.get("shared_prefix_length", 0) * (rows - 1) / rows
+    if not shared:
+        return 1.0
+    own = record["mean_row_tokens"]
+    return (row_tokens / (row_tokens - shared)) / (own / (own - shared))
+
+
+def lever_gains(records: list[dict]) -> dict[tuple[str, bool], float]:
+    """Per (shape, packed): the mean over same-call pairs of tokens/s with shared_prefix and
+    fused_lora on against both off, carried to rows of TOKENS_PER_ROW tokens."""
+    pairs: dict[tuple[str, bool], list[float]] = {}
+    # the x4 records keep no prefix of their own: each of their processes ran the whole 60-row batch
+    # of the harness, whose shared prefix the single-process records of the same rows give
+    whole_batch = next((r for r in records if r.get("shared_prefix_length") and r.get("micro_batch") == 60), None)
+    for on in (r for r in records if "error" not in r and _levers(r) == (True, True)):
+        packed = bool(on.get("processes"))
+        off = [r for r in records if "error" not in r and _levers(r) == (False, False)
+               and r["shape"] == on["shape"] and r["session_call"] == on["session_call"]
+               and bool(r.get("processes")) == packed]
+        if off:
+            gain = on["tokens_per_s"] / statistics.mean(r["tokens_per_s"] for r in off)
+            batch = {**(whole_batch or {}), "mean_row_tokens": on["mean_row_tokens"]} if packed else on
+            pairs.setdefault((on["shape"], packed), []).append(gain * row_gain(batch, TOKENS_PER_ROW))
+    return {key: statistics.mean(gains) for key, gains in pairs.items()}
+
+
 def compiled_figures(m: Measurements, params_b: float) -> tuple[Figure, Figure, float]:
     """At `params_b`: the compiled engine's speedup, its extra start with an empty compile cache, and
     with a filled one (7b's, at most the cold one)."""
@@ -271,10 +316,20 @@ def assumptions(m: Measurements) -> list[str]:
     """What the projection assumes beyond the records, in words (the JSON's `assumptions`)."""
     return [
         f"training: epochs x n_keep rows x {TOKENS_PER_ROW} tokens a row (DESIGN.md: the Qwen template with its "
-        f"default system prompt; the benchmark rows were ~115 tokens, a per-token rate carries over); the "
+        f"default system prompt; the benchmark rows were ~115 tokens before the seventh session and ~132 "
+        f"since, a per-token rate carries over); the "
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
         f"); sizes with gpu_share 0.25 at the card's rate with four packed trainings under MPS "
         f"(concurrent_*_sublim_mps*.json, lower bounds), so a cell's GPU time is its wall time / 4",
+        "sizing shared_prefix and fused_lora (both on in profiles/b200): the records' rate x the gain of "
+        f"both against neither, measured in pairs in one process ({TRAIN_LEVERS}; packed sizes from pairs of "
+        "four-process runs) and carried from the harness's rows to rows of "
+        f"{TOKENS_PER_ROW} tokens (a row computes its tokens less the shared prefix's P·(K-1)/K): "
+        + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.levers_gain_alone.items(), key=lambda i: i[1][0]))
+        + " alone, " + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.levers_gain_packed.items(),
+                                                                         key=lambda i: i[1][0]))
+        + " packed; beyond 32b 32b's gain; with only one of the two on, or a training over several "
+        "processes (where the trainer does not share prefixes), no gain is counted",
         "training beyond 32b at 32b's MFU (time per token in proportion to parameters), x "
         f"{CHECKPOINTING_FACTOR} where the sizing turns activation checkpointing on; measured with the "
         "completion-only loss and 32-bit fused AdamW (the loss and optimizer are taken not to change the rate); "
@@ -344,6 +399,10 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
         per_token = by_params(m.train_alone, params)
         basis = per_token.basis + (" (one training: no record packs this share)" if cards < 1 else "")
     card_s = train_tokens(config["protocol"]) * per_token.value
+    if sizing["shared_prefix"] and sizing["fused_lora"] and train_processes(sizing) == 1:  # sublim.train
+        gain = by_params(m.levers_gain_packed if cards == 0.25 else m.levers_gain_alone, params, beyond="flat")
+        card_s /= gain.value
+        basis += f"; / {gain.value:.2f} for shared_prefix and fused_lora ({gain.basis})"
     if sizing["gradient_checkpointing"]:
         card_s *= CHECKPOINTING_FACTOR
         basis += f", x {CHECKPOINTING_FACTOR} for activation checkpointing"
