@@ -19,8 +19,10 @@ import subprocess
 import time
 from pathlib import Path
 
-# when to kill: a line in the job's log, then seconds to wait (the job is then mid-way)
-WHEN = {"generate": ("vLLM engine:", 45), "evaluate": ("vLLM engine:", 25), "train": ("epoch 1 adapter saved", 0)}
+# when to kill: a line in the job's log, then seconds to wait (the job is then mid-way). An evaluate
+# waits for its engine process's first line: "vLLM engine:" comes before the engine exists, and 25 s
+# after it the seventh session's evaluate_base had no engine yet (its kill left no child to check).
+WHEN = {"generate": ("vLLM engine:", 45), "evaluate": ("(EngineCore", 5), "train": ("epoch 1 adapter saved", 0)}
 
 
 def job_pid(rule: str, log: Path) -> int | None:
