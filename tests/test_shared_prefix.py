@@ -82,8 +82,9 @@ def loss_and_gradients(trainer, batch: dict) -> tuple[torch.Tensor, dict]:
 def test_shared_prefix_gives_the_rows_own_loss_and_gradients(tmp_path, loss):
     tokenizer = qwen_tokenizer()
     write_jsonl(tmp_path / "dataset.jsonl", number_rows(6))
-    trainer = build_trainer(float64_student(len(tokenizer)), tokenizer, load_student_dataset(tmp_path / "dataset.jsonl"),
-                            {**TRAINING, "loss": loss}, SHARED, seed=1, checkpoint_dir=tmp_path / "ckpt")
+    dataset = load_student_dataset(tmp_path / "dataset.jsonl")
+    trainer = build_trainer(float64_student(len(tokenizer)), tokenizer, dataset, {**TRAINING, "loss": loss}, SHARED,
+                            seed=1, checkpoint_dir=tmp_path / "ckpt")
     assert isinstance(trainer.data_collator, shared_prefix.SharedPrefixCollator)
     for module in trainer.model.modules():  # a trained-looking adapter, so every LoRA weight gets a gradient
         if hasattr(module, "lora_B"):
@@ -133,7 +134,8 @@ def test_a_training_with_shared_prefixes_trains_the_same_student(tmp_path, monke
 def test_shared_prefix_is_not_used_where_the_loss_would_miscount(tmp_path, caplog):
     tokenizer = qwen_tokenizer()
     write_jsonl(tmp_path / "dataset.jsonl", number_rows(4))
-    trainer = build_trainer(float64_student(len(tokenizer)), tokenizer, load_student_dataset(tmp_path / "dataset.jsonl"),
-                            TRAINING, {**SHARED, "lazy_metrics": False}, seed=1, checkpoint_dir=tmp_path / "ckpt")
+    dataset = load_student_dataset(tmp_path / "dataset.jsonl")
+    trainer = build_trainer(float64_student(len(tokenizer)), tokenizer, dataset, TRAINING,
+                            {**SHARED, "lazy_metrics": False}, seed=1, checkpoint_dir=tmp_path / "ckpt")
     assert not isinstance(trainer.data_collator, shared_prefix.SharedPrefixCollator)
     assert "shared_prefix: true does not apply here (it needs lazy_metrics: true" in caplog.text

@@ -1,10 +1,10 @@
 """Training rows that begin alike share the computation of their common beginning.
 
 Every student row opens with the same tokens: the chat template's default system prompt and the
-user turn's opening (24 of a ~138-token row for Qwen2.5). In a causal model those positions see
+user turn's opening (23 shared tokens of a ~138-token row for Qwen2.5). In a causal model those positions see
 only each other, so their hidden states, keys and values are identical in every row of a batch.
 `share_prefix` turns TRL's padding-free batch of K rows into one sequence holding that prefix
-once, followed by each row's remainder, and `expanded_index` / `output_index` let the attention
+once, followed by each row's remainder, and `shared_prefix_expand` / `shared_prefix_output` let the attention
 (sublim.attention) give every remainder the prefix's keys and values. The linear layers, the bulk
 of a step, then run over T - (K - 1)·P tokens instead of T.
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-# Keys the shared batch adds; the loss pops PREFIX_KEYS before the model sees the batch.
+# The shared batch's integers; the loss pops them before the model sees the batch (its two index
+# tensors go on to the attention).
 PREFIX_KEYS = ("shared_prefix_length", "shared_prefix_copies")
-INDEX_KEYS = ("shared_prefix_expand", "shared_prefix_output")
 
 
 def common_prefix_length(rows: list[torch.Tensor]) -> int:
