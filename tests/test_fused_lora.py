@@ -1,17 +1,16 @@
 """Fused LoRA layers (sizing fused_lora) compute PEFT's function and gradients: to float64 rounding
-without autocast, to bf16 rounding under bf16 autocast; PEFT's own layers come back after training."""
+without autocast, to bf16 rounding under bf16 autocast. A whole training with them (and shared
+prefixes, activation checkpointing) is checked end to end in tests/test_shared_prefix.py."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 import torch
 from peft import get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed
 
 from sublim import fused_lora
 from sublim.train import lora_config
-from test_train_equivalence import N_STEPS, OPTIMIZED, TRAINING, train_losses
+from test_train_equivalence import TRAINING
 
 
 def lora_model(dtype: torch.dtype):
@@ -85,15 +84,3 @@ def test_layers_with_dropout_keep_peft_forward():
                          num_attention_heads=4, num_key_value_heads=2)
     model = get_peft_model(Qwen2ForCausalLM._from_config(config), lora_config({**TRAINING["lora"], "dropout": 0.1}))
     assert fused_lora.fuse(model) == []
-
-
-@pytest.mark.slow  # two tiny trainings, ~30 s
-def test_a_training_with_fused_lora_trains_the_same_student(tmp_path):
-    plain_losses, plain_lora, _ = train_losses(tmp_path, OPTIMIZED, "plain")
-    fused_losses, fused_lora_weights, trainer = train_losses(tmp_path, {**OPTIMIZED, "fused_lora": True}, "fused")
-    assert len(fused_losses) == N_STEPS
-    np.testing.assert_allclose(fused_losses, plain_losses, rtol=1e-5)
-    for name, weight in plain_lora.items():
-        torch.testing.assert_close(fused_lora_weights[name], weight, atol=1e-6, rtol=1e-5, msg=name)
-    # after training the model's layers are PEFT's own again
-    assert not any("forward" in vars(m) for m in trainer.model.modules() if hasattr(m, "lora_A"))

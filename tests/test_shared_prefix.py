@@ -129,6 +129,8 @@ def test_a_training_with_shared_prefixes_trains_the_same_student(tmp_path, monke
         assert logged(shared, "num_tokens") == logged(plain, "num_tokens")
         for name, weight in plain_lora.items():
             torch.testing.assert_close(shared_lora[name], weight, atol=1e-6, rtol=1e-5, msg=f"{tag} {name}")
+    # after training the model's LoRA layers are PEFT's own again (sublim.fused_lora.FusedLoraLayers)
+    assert not any("forward" in vars(m) for m in shared.model.modules() if hasattr(m, "lora_A"))
 
 
 def test_shared_prefix_is_not_used_where_the_loss_would_miscount(tmp_path, caplog):
