@@ -43,15 +43,15 @@ def test_share_prefix_lays_out_one_prefix_and_each_remainder():
     assert torch.equal(shared["cu_seq_lens_q"], packed(rows)["cu_seq_lens_q"])
     # every shared position's output comes from a whole-row position holding the same token
     assert torch.equal(whole[shared["shared_prefix_output"]], shared["input_ids"][0])
-    assert shared_prefix.repeated_prefix_labels(shared) == 2 * 3  # labels 2, 3, 4 twice more
-    assert shared_prefix.row_tokens(12, 3, 3) == sum(map(len, rows))
+    assert shared["shared_prefix_repeated_labels"] == 2 * 3  # labels 2, 3, 4 twice more
+    assert shared_prefix.row_tokens(12, shared) == sum(map(len, rows))
 
 
 @pytest.mark.parametrize("rows", [[[1, 2, 3]], [[1, 2], [3, 4]], [[1, 5], [1, 6]]])
 def test_rows_without_a_shareable_prefix_are_left_as_they_are(rows):
     batch = packed(rows)
     assert shared_prefix.share_prefix(batch) is batch
-    assert shared_prefix.repeated_prefix_labels(batch) == 0
+    assert shared_prefix.row_tokens(9, batch) == 9 and "shared_prefix_repeated_labels" not in batch
 
 
 # A float64 model; TRL's log-prob kernel runs in float32, so the two paths agree to float32 rounding

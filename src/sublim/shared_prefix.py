@@ -11,7 +11,7 @@ of a step, then run over T - (K - 1)·P tokens instead of T.
 Forward values are those of the K rows; gradients too, since the prefix's single copy receives the
 sum of what the K copies would have received (the same function at the same inputs), and its own
 loss terms (full-text loss) are weighted K times (`prefix_loss_weight`). The trainer normalises
-by the whole rows' label count (`repeated_prefix_labels`). Only the summation order changes.
+by the whole rows' label count (`shared_prefix_repeated_labels`). Only the summation order changes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 # The shared batch's integers; the loss pops them before the model sees the batch (its two index
 # tensors go on to the attention).
-PREFIX_KEYS = ("shared_prefix_length", "shared_prefix_copies")
+PREFIX_KEYS = ("shared_prefix_length", "shared_prefix_copies", "shared_prefix_repeated_labels")
 
 
 def common_prefix_length(rows: list[torch.Tensor]) -> int:
@@ -52,7 +52,9 @@ def share_prefix(batch: dict) -> dict:
     - shared_prefix_expand: for each position of the K whole rows, its index in the shared
       sequence; shared_prefix_output: for each position of the shared sequence, where its output
       is among the whole rows' (the prefix: row 0's);
-    - shared_prefix_length P and shared_prefix_copies K (for the loss weight and the label count).
+    - shared_prefix_length P and shared_prefix_copies K (the loss weight), and
+      shared_prefix_repeated_labels: the labels the whole rows count beyond this batch's (the
+      prefix's, K - 1 more times), which the loss's normaliser adds.
     A batch without a shareable prefix is returned unchanged."""
     bounds = batch["cu_seq_lens_q"].tolist()
     flat_ids, flat_labels = batch["input_ids"][0], batch["labels"][0]
@@ -80,6 +82,8 @@ def share_prefix(batch: dict) -> dict:
     shared["shared_prefix_expand"] = torch.tensor(expand)
     shared["shared_prefix_output"] = torch.tensor(output)
     shared["shared_prefix_length"], shared["shared_prefix_copies"] = prefix, len(ids)
+    # the fused LM head's shifted positions 0..P-1 predict labels 1..P
+    shared["shared_prefix_repeated_labels"] = (len(ids) - 1) * int((shared["labels"][0, 1:prefix + 1] != -100).sum())
     return shared
 
 
@@ -91,18 +95,9 @@ def prefix_loss_weight(shape: torch.Size, prefix: int, copies: int, device=None)
     return weight
 
 
-def row_tokens(shared_length: int, shared_prefix_length: int = 0, shared_prefix_copies: int = 1) -> int:
-    """The whole rows' token count of a sequence of `shared_length` tokens (known on the host)."""
-    return shared_length + (shared_prefix_copies - 1) * shared_prefix_length
-
-
-def repeated_prefix_labels(batch: dict) -> int:
-    """How many labels the whole rows count beyond the shared batch's (the prefix's, K - 1 more
-    times): added to the loss's normaliser. 0 for a batch without a shared prefix."""
-    if "shared_prefix_length" not in batch:
-        return 0
-    valid = batch["labels"][:, 1:batch["shared_prefix_length"] + 1] != -100
-    return (batch["shared_prefix_copies"] - 1) * int(valid.sum())
+def row_tokens(length: int, batch: dict) -> int:
+    """The whole rows' token count of a batch whose sequence has `length` tokens (known on the host)."""
+    return length + (batch.get("shared_prefix_copies", 1) - 1) * batch.get("shared_prefix_length", 0)
 
 
 class SharedPrefixCollator:

@@ -205,7 +205,7 @@ class LazyMetricsSFTTrainer(SFTTrainer):
             prefix, copies = shared["shared_prefix_length"], shared["shared_prefix_copies"]
             weight = shared_prefix.prefix_loss_weight(log_probs.shape, prefix, copies, log_probs.device)
             log_probs, entropy, is_top1 = log_probs * weight, entropy * weight, is_top1 * weight
-            valid = valid + (copies - 1) * outputs.label_mask[:, :prefix].sum()
+            valid = valid + shared["shared_prefix_repeated_labels"]
         num_tokens = valid if num_items_in_batch is None else num_items_in_batch
         loss = -log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
         # entropy and top-1 hits are zero on ignored positions: a batch with none valid logs 0, as in TRL
@@ -216,22 +216,21 @@ class LazyMetricsSFTTrainer(SFTTrainer):
         if "attention_mask" in inputs:
             self._total_train_tokens += inputs["attention_mask"].sum()
         else:  # padding-free: the rows' length is known on the host
-            self._total_train_tokens += shared_prefix.row_tokens(inputs["position_ids"].size(1), **shared)
+            self._total_train_tokens += shared_prefix.row_tokens(inputs["position_ids"].size(1), shared)
         metrics["num_tokens"] = [self._total_train_tokens]
         return loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """The accumulation window's label count, as if each shared prefix were in every row."""
         count = super()._get_num_items_in_batch(batch_samples, device)
-        extra = sum(shared_prefix.repeated_prefix_labels(batch) for batch in batch_samples)
+        extra = sum(batch.get("shared_prefix_repeated_labels", 0) for batch in batch_samples)
         return count + extra if count is not None and extra else count
 
     def _track_num_input_tokens(self, inputs):
         """The tracker's token count: the rows' tokens, a shared prefix once per row."""
         if "shared_prefix_length" not in inputs or self.args.include_num_input_tokens_seen == "no":
             return super()._track_num_input_tokens(inputs)
-        self.state.num_input_tokens_seen += shared_prefix.row_tokens(
-            inputs["position_ids"].size(1), *(inputs[key] for key in shared_prefix.PREFIX_KEYS))
+        self.state.num_input_tokens_seen += shared_prefix.row_tokens(inputs["position_ids"].size(1), inputs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for values in self._metrics["train"].values():
