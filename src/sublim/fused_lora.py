@@ -69,9 +69,10 @@ def fusable(layer) -> bool:
 
 
 def fused_forward(self, x, *args, **kwargs):
-    if args or kwargs or not fusable(self):  # what this module does not cover: PEFT's own forward
+    # fuse() checked the layer; a merge or disabled adapters since, or extra arguments: PEFT's forward
+    if args or kwargs or self.merged or self.disable_adapters:
         return type(self).forward(self, x, *args, **kwargs)
-    name = next(name for name in self.active_adapters if name in self.lora_A)
+    name = self.fused_adapter
     return LoraLinearFunction.apply(x, self.base_layer.weight, self.base_layer.bias, self.lora_A[name].weight,
                                     self.lora_B[name].weight, self.scaling[name])
 
@@ -80,13 +81,14 @@ def fuse(model) -> list:
     """Swap the forward of every fusable LoRA layer of `model`; returns the layers swapped."""
     layers = [m for m in model.modules() if fusable(m)]
     for layer in layers:
+        layer.fused_adapter = next(name for name in layer.active_adapters if name in layer.lora_A)
         layer.forward = types.MethodType(fused_forward, layer)
     return layers
 
 
 def unfuse(layers: list) -> None:
     for layer in layers:
-        del layer.forward  # the instance attribute: the class's (PEFT's) forward again
+        del layer.forward, layer.fused_adapter  # the instance attributes: the class's (PEFT's) forward again
 
 
 class FusedLoraLayers(TrainerCallback):
