@@ -289,9 +289,6 @@ def lever_gains(records: list[dict]) -> dict[tuple[str, bool], float]:
     """Per (shape, packed): the mean over same-call pairs of tokens/s with shared_prefix and
     fused_lora on against both off, carried to rows of TOKENS_PER_ROW tokens."""
     pairs: dict[tuple[str, bool], list[float]] = {}
-    # the x4 records keep no prefix of their own: each of their processes ran the whole 60-row batch
-    # of the harness, whose shared prefix the single-process records of the same rows give
-    whole_batch = next((r for r in records if r.get("shared_prefix_length") and r.get("micro_batch") == 60), None)
     for on in (r for r in records if "error" not in r and _levers(r) == (True, True)):
         packed = bool(on.get("processes"))
         off = [r for r in records if "error" not in r and _levers(r) == (False, False)
@@ -299,7 +296,7 @@ def lever_gains(records: list[dict]) -> dict[tuple[str, bool], float]:
                and bool(r.get("processes")) == packed]
         if off:
             gain = on["tokens_per_s"] / statistics.mean(r["tokens_per_s"] for r in off)
-            batch = {**(whole_batch or {}), "mean_row_tokens": on["mean_row_tokens"]} if packed else on
+            batch = on["processes_detail"][0] if packed else on  # a packed run's rows: its processes'
             pairs.setdefault((on["shape"], packed), []).append(gain * row_gain(batch, TOKENS_PER_ROW))
     return {key: statistics.mean(gains) for key, gains in pairs.items()}
 
