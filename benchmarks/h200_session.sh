@@ -14,7 +14,8 @@
 # '32b:workflow:1:4 3b:workflow+gpu_share=0.5:2:30'), START_METHODS (last: engine_start_method.py's
 # --methods at 0.5b, e.g. spawn,fork,spawn,fork, given START_RESERVE_S seconds of the budget, 200),
 # WORKFLOW_CONFIG (the workflow's config, benchmarks/configs/smol-gpu.yaml; smol-gpu-quick.yaml checks
-# the path in ~5 min), SHAPES=0 (no vllm_shapes.py).
+# the path in ~5 min), SHAPES=0 (no vllm_shapes.py), NOISE=0 (no check_hashed_noise.py, the hashed
+# sampler's kernel against its torch reference and vLLM's per-request generators).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -71,6 +72,11 @@ if [ "${CHECKS:-1}" != 0 ]; then
   note "seed optimizer rc=$?"
   timeout 150 python3 benchmarks/multi_gpu_check.py --json "$OUT/multi_gpu_check_h200.json" >> "$OUT/checks.log" 2>&1
   note "multi-gpu check rc=$?"
+fi
+
+if [ "${NOISE:-1}" != 0 ]; then
+  timeout 120 python3 benchmarks/check_hashed_noise.py --json "$OUT/hashed_noise_h200.json" > "$OUT/noise.log" 2>&1
+  note "hashed noise check rc=$?"
 fi
 
 if [ "${SHAPES:-1}" != 0 ]; then

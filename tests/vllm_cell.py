@@ -62,6 +62,25 @@ def generate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> N
     timed(timings, "generate_close_s", backend.close)
 
 
+def sampler_checks(backend, students: dict, spec: dict, answers: list[dict]) -> dict:
+    """In the evaluate engine: the evaluation again (must reproduce), and a student's requests alone
+    against the same requests inside a larger batch (the hashed draw must not depend on the batch)."""
+    from sublim.backends import Sampling
+    from sublim.chat import question_messages
+    from sublim.protocol import EVAL_QUESTIONS
+
+    again = evaluate_students(backend, students, spec["evaluation"], spec["seed"])
+    evaluation = spec["evaluation"]
+    sampling = Sampling(evaluation["temperature"], evaluation["top_p"], evaluation["top_k"], evaluation["max_tokens"])
+    conversations = [question_messages(q) for q in EVAL_QUESTIONS[:4] for _ in range(3)]
+    checks = {"hashed_sampling": backend.hashed_sampling, "rerun_identical": again == answers}
+    for model, adapter in (("base", None), ("student", max(name for name in students.values() if name))):
+        batch = backend.chat(conversations, sampling, seed=5, adapter=adapter)
+        alone = backend.chat(conversations[:2], sampling, seed=5, adapter=adapter)
+        checks[model] = {"alone": alone, "in_batch": batch[:2], "batch": batch}
+    return checks
+
+
 def evaluate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> None:
     adapters = spec["adapters"]
     students = {0: None, **{int(name.split("-")[1]): name for name in adapters}}
@@ -72,6 +91,8 @@ def evaluate_stage(backend_name: str, spec: dict, out: Path, timings: dict) -> N
         # P(animal) from logprobs, in the same engine (the workflow gives it a job of its own)
         rows, _ = timed(timings, "p_animal_s", lambda: answer_probabilities(
             backend, students, spec["evaluation"]["n_questions"], spec["animals"]))
+        if backend.name == "vllm":
+            write_json(out / "eval" / "sampler_checks.json", sampler_checks(backend, students, spec, answers))
     write_jsonl(out / "eval" / "answers.jsonl", with_parsed_animal(answers))
     cell_table(rows, spec["size"], spec["condition"], spec["run"]).to_csv(out / "eval" / "p_animal.csv", index=False)
     table = preference_table(answers, spec["animals"], spec["evaluation"]["scoring"], size=spec["size"],

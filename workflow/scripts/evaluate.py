@@ -1,4 +1,4 @@
-from sublim.backends import explain_oom
+from sublim.backends import Sampling, explain_oom
 from sublim.evaluate import evaluate_students, students_of
 from sublim.jsonl import write_jsonl
 from sublim.devices import claim_gpus
@@ -23,7 +23,8 @@ def main():
         backend = students.open_backend(snakemake.config, snakemake.wildcards.size)
         answers = evaluate_students(backend, students.by_epoch, p.evaluation, p.seed)
     write_jsonl(snakemake.output.answers, with_parsed_animal(answers))
-    write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name, model=p.model,
+    write_provenance(snakemake.output.provenance, stage="evaluate", backend=backend.name,
+                     sampler=backend.sampler(Sampling.from_protocol(p.evaluation)), model=p.model,
                      seed=p.seed, evaluation=p.evaluation, adapters=students.adapter_dirs, inputs=students.inputs,
                      outputs=[snakemake.output.answers], protocol=snakemake.config["protocol"])
     backend.close()

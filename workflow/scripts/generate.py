@@ -1,5 +1,5 @@
 from sublim.config import sizing_for
-from sublim.backends import explain_oom, open_backend
+from sublim.backends import Sampling, explain_oom, open_backend
 from sublim.generate import generate_rows
 from sublim.jsonl import write_jsonl
 from sublim.devices import claim_gpus
@@ -25,7 +25,8 @@ def main():
         rows = generate_rows(backend, snakemake.wildcards.condition, p.generation, p.filter,
                              prompt_seed=p.prompt_seed, sample_seed=p.seed)
     write_jsonl(snakemake.output.raw, rows)
-    write_provenance(snakemake.output.provenance, stage="generate", backend=backend.name, model=p.model,
+    write_provenance(snakemake.output.provenance, stage="generate", backend=backend.name,
+                     sampler=backend.sampler(Sampling.from_protocol(p.generation)), model=p.model,
                      condition=snakemake.wildcards.condition, run=int(snakemake.wildcards.run),
                      prompt_seed=p.prompt_seed, seed=p.seed, generation=p.generation, n_rows=len(rows),
                      inputs={p.model_dir: model_fingerprint(p.model, model_dir)}, outputs=[snakemake.output.raw],

@@ -67,6 +67,10 @@ class TransformersBackend:
         self.model.set_adapter(adapter)
         return torch.no_grad()
 
+    def sampler(self, sampling: Sampling) -> str:
+        """What draws this sampling's tokens, for the provenance files."""
+        return "transformers generate: torch's generator, seeded per batch"
+
     @torch.no_grad()
     def chat(self, conversations: list[list[dict]], sampling: Sampling, seed: int,
              adapter: str | None = None, desc: str = "generating") -> list[str]:

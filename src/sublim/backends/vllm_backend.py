@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # The ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 STAGES = ("generate", "evaluate")
+HASHED_SAMPLER = "sublim.backends.vllm_hashed_sampler:HashedGumbelSampler"
+HASHED_SAMPLING_KEY = "sublim_hashed_sampling"  # a request's SamplingParams.extra_args key for it
 
 
 def lora_rank(adapters: dict[str, str]) -> int:
@@ -73,6 +75,8 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
         # 1.05): every sampling value comes from the protocol through SamplingParams.
         "generation_config": "vllm",
     }
+    if stage_setting(sizing, "hashed_sampling", stage):
+        args["logits_processors"] = [HASHED_SAMPLER]
     if adapters:
         args.update(
             enable_lora=True,
@@ -86,9 +90,19 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
     return args
 
 
-def sampling_kwargs(sampling: Sampling, seed: int) -> dict:
+def hashed_sampling_applies(sampling: Sampling) -> bool:
+    """The hashed Gumbel draw samples the whole softmax(logits / T): no top-p/top-k cut, T > 0."""
+    return sampling.temperature > 0 and sampling.top_p == 1.0 and sampling.top_k == 0
+
+
+def sampling_kwargs(sampling: Sampling, seed: int, hashed: bool = False) -> dict:
     """SamplingParams of one request, every value explicit so vLLM's defaults cannot drift.
-    vLLM takes top_k 0 as "disabled", as the protocol does."""
+    vLLM takes top_k 0 as "disabled", as the protocol does. `hashed`: the request is drawn by
+    sublim.hashed_noise (the engine's HASHED_SAMPLER picks the argmax of its noisy row) instead of
+    vLLM's per-request generator; same distribution, another draw for the same seed."""
+    if hashed:
+        return {"n": 1, "temperature": 0.0, "max_tokens": sampling.max_tokens, "skip_special_tokens": True,
+                "extra_args": {HASHED_SAMPLING_KEY: {"seed": seed, "temperature": sampling.temperature}}}
     return {
         "n": 1,
         "temperature": sampling.temperature,
@@ -130,11 +144,18 @@ class VLLMBackend:
         from vllm.lora.request import LoRARequest
 
         args = engine_args(model_dir, sizing, adapters, stage)
+        self.hashed_sampling = "logits_processors" in args
         log.info("vLLM engine: %s", {k: v for k, v in args.items() if k not in ("model", "tokenizer")})
         # LoRA ids start at 1: vLLM reserves 0 for "no adapter".
         self.loras = {name: LoRARequest(name, i, str(path)) for i, (name, path) in enumerate(adapters.items(), 1)}
         self.llm = LLM(**args)
         self.tokenizer = self.llm.get_tokenizer()
+
+    def sampler(self, sampling: Sampling) -> str:
+        """What draws this sampling's tokens, for the provenance files."""
+        if self.hashed_sampling and hashed_sampling_applies(sampling):
+            return "sublim.hashed_noise: Gumbel-max on a hash of (request seed, position, token)"
+        return "vLLM: one torch generator per request"
 
     def _lora(self, adapter: str | None):
         if adapter is None:
@@ -170,12 +191,18 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        hashed = self.hashed_sampling and hashed_sampling_applies(sampling)
+        if self.hashed_sampling and not hashed:
+            log.info("hashed sampling stands aside (temperature %s, top_p %s, top_k %s: it draws from the whole "
+                     "softmax only): vLLM's per-request generators draw these requests",
+                     sampling.temperature, sampling.top_p, sampling.top_k)
         prompts, params, loras = [], [], []
         for call in calls:
             lora = self._lora(call.adapter)
             ids = prompt_token_ids(self.tokenizer, call.conversations) if call.conversations else []
             prompts += [TokensPrompt(prompt_token_ids=i) for i in ids]
-            params += [SamplingParams(**sampling_kwargs(sampling, derive_seed(call.seed, i))) for i in range(len(ids))]
+            params += [SamplingParams(**sampling_kwargs(sampling, derive_seed(call.seed, i), hashed))
+                       for i in range(len(ids))]
             loras += [lora] * len(ids)
         outputs = self.llm.generate(prompts, params, use_tqdm=_progress(desc), lora_request=loras)
         texts = [output.outputs[0].text for output in outputs]
