@@ -85,6 +85,14 @@ def test_only_the_listed_rows_change():
     torch.testing.assert_close(logits[rows], before[rows] * torch.tensor([[1.0], [0.5]]) + noise)
 
 
+def test_the_extreme_words_give_finite_noise():
+    """A uniform of 1 (or 0) would make a token's noise infinite: it would win whatever its logit."""
+    u = hashed_noise.uniform_from_words(torch.tensor([0, 0xFFFFFFFF, 0xFFFFFF00, 0x80000000], dtype=torch.int64))
+    assert bool(((u > 0) & (u < 1)).all()) and bool(torch.isfinite(-torch.log(-torch.log(u))).all())
+    noise = hashed_noise.gumbel_noise(torch.arange(64), torch.zeros(64, dtype=torch.int64), 151_936)
+    assert bool(torch.isfinite(noise).all())
+
+
 def test_the_multiply_stays_within_int64():
     """Words near 2^32 times the multipliers wrap mod 2^32, not into int64's sign."""
     words = torch.tensor([0xFFFFFFFF, 0x80000000, 0x12345678], dtype=torch.int64)

@@ -9,7 +9,7 @@ the engine's scheduling, so a rerun draws the same tokens wherever it ran the sa
 
 The hash is Wellons' lowbias32 on 32-bit words; a row's two keys come from (seed, position) by two
 different mixes, so two rows share their noise only if both keys collide (~2^-64). The uniform has
-24 bits, like float32's mantissa. The CUDA path is one Triton kernel; `gumbel_noise` is the same
+23 bits, so that it is exact in float32 and strictly inside (0, 1). The CUDA path is one Triton kernel; `gumbel_noise` is the same
 arithmetic in torch (the CPU path, and the kernel's reference in tests and benchmarks).
 """
 
@@ -20,7 +20,7 @@ import torch
 MASK32 = 0xFFFFFFFF
 LOWBIAS_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
 POSITION_SALT = 0x9E3779B9  # keeps key 2 a different function of (seed, position) from key 1
-UNIFORM_BITS = 24
+UNIFORM_BITS = 23  # (k + 0.5) / 2^23 is exact in float32 for every k: never 0, never 1 (24 bits would round the top word to 1)
 
 
 def _times(x: torch.Tensor, constant: int) -> torch.Tensor:
@@ -50,7 +50,11 @@ def uniforms(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.
     """[rows, vocab] float32 in (0, 1): one 24-bit uniform per (row, token id)."""
     first, second = row_keys(seeds, positions)
     tokens = torch.arange(vocab, dtype=torch.int64, device=seeds.device)
-    words = lowbias32(lowbias32(tokens[None, :] ^ first[:, None]) ^ second[:, None])
+    return uniform_from_words(lowbias32(lowbias32(tokens[None, :] ^ first[:, None]) ^ second[:, None]))
+
+
+def uniform_from_words(words: torch.Tensor) -> torch.Tensor:
+    """The top UNIFORM_BITS of each 32-bit word as (k + 0.5) / 2^UNIFORM_BITS in float32."""
     return ((words >> (32 - UNIFORM_BITS)).to(torch.float32) + 0.5) * (2.0 ** -UNIFORM_BITS)
 
 
@@ -80,12 +84,19 @@ except ImportError:
     triton = None
 
 if triton is not None:
+    # a jitted function reads module globals only as constexpr
+    _MULTIPLIER_1 = tl.constexpr(LOWBIAS_MULTIPLIERS[0])
+    _MULTIPLIER_2 = tl.constexpr(LOWBIAS_MULTIPLIERS[1])
+    _SALT = tl.constexpr(POSITION_SALT)
+    _SHIFT = tl.constexpr(32 - UNIFORM_BITS)
+    _SCALE = tl.constexpr(2.0 ** -UNIFORM_BITS)
+
     @triton.jit
     def _lowbias32_tl(x):
         x = x ^ (x >> 16)
-        x = x * tl.full(x.shape, LOWBIAS_MULTIPLIERS[0], tl.uint32)
+        x = x * tl.full(x.shape, _MULTIPLIER_1, tl.uint32)
         x = x ^ (x >> 15)
-        x = x * tl.full(x.shape, LOWBIAS_MULTIPLIERS[1], tl.uint32)
+        x = x * tl.full(x.shape, _MULTIPLIER_2, tl.uint32)
         return x ^ (x >> 16)
 
     @triton.jit
@@ -95,14 +106,14 @@ if triton is not None:
         row = tl.load(rows_ptr + r).to(tl.int64)
         seed = tl.full((1,), 0, tl.uint32) + tl.load(seeds_ptr + r).to(tl.uint32)
         position = tl.full((1,), 0, tl.uint32) + tl.load(positions_ptr + r).to(tl.uint32)
-        salt = tl.full((1,), POSITION_SALT, tl.uint32)
+        salt = tl.full((1,), _SALT, tl.uint32)
         first = _lowbias32_tl(seed ^ _lowbias32_tl(position))
         second = _lowbias32_tl(_lowbias32_tl(seed ^ salt) ^ _lowbias32_tl(position ^ salt))
         inverse_t = tl.load(inverse_t_ptr + r)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = cols < vocab
         words = _lowbias32_tl(_lowbias32_tl(cols.to(tl.uint32) ^ first) ^ second)
-        u = ((words >> (32 - UNIFORM_BITS)).to(tl.float32) + 0.5) * (1.0 / (1 << UNIFORM_BITS))
+        u = ((words >> _SHIFT).to(tl.float32) + 0.5) * _SCALE
         noise = -tl.log(-tl.log(u))
         pointers = logits_ptr + row * row_stride + cols
         values = tl.load(pointers, mask=inside)
