@@ -104,6 +104,30 @@ def test_shared_prefix_and_fused_lora_gain_is_counted_only_where_the_trainer_has
         assert cost.train_job({**grid, "sizing": sizing}, "14b", m).card_s["train"] == pytest.approx(plain), off
 
 
+def test_hashed_sampling_counts_its_paired_factor_only_where_the_sizing_turns_it_on(grid, m):
+    """profiles/b200 draws 7b and 14b generation with the hashed sampler: their generation time is the
+    per-request rate x the factor paired against an engine without its processor; elsewhere, or with
+    the key off, the per-request rate."""
+    assert m.hashed_factor["14b"][1] < m.hashed_factor["7b"][1] < 1.0 < m.hashed_factor["32b"][1]
+    for size in ("7b", "14b"):
+        on = cost.generate_job(grid, size, m).card_s["generate"]
+        sizing = {**grid["sizing"], size: {**grid["sizing"][size], "hashed_sampling": False}}
+        off = cost.generate_job({**grid, "sizing": sizing}, size, m).card_s["generate"]
+        assert on == pytest.approx(off * m.hashed_factor[size][1]), size
+    plain_32b = cost.generate_job(grid, "32b", m)
+    assert "hashed" not in plain_32b.basis["generate"]
+
+
+def test_hashed_factors_pair_each_hashed_run_with_an_engine_without_the_processor():
+    record = {"shape": "7b", "mode": "compiled", "max_num_seqs": 512, "stage": "generate"}
+    records = [{**record, "seeds": "hashed", "hashed_sampler_loaded": True, "generate_s": 10.0},
+               {**record, "seeds": "per_request", "hashed_sampler_loaded": True, "generate_s": 16.0},
+               {**record, "seeds": "per_request", "hashed_sampler_loaded": False, "generate_s": 12.5},
+               {**record, "mode": "eager", "seeds": "per_request", "hashed_sampler_loaded": False, "generate_s": 30.0}]
+    assert cost.hashed_factors(records)["7b"][1] == pytest.approx(10.0 / 12.5)
+    assert cost.hashed_factors(records[:2]) == {}  # no engine without the processor: no factor
+
+
 def test_a_shared_prefix_saves_less_on_longer_rows():
     record = {"shared_prefix_length": 23, "micro_batch": 60, "mean_row_tokens": 132.0}
     assert cost.row_gain(record, 132.0) == pytest.approx(1.0)

@@ -55,6 +55,7 @@ TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): token
 TRAIN_LEVERS = "train_levers_seventh_session.json"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
+VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
 
 
@@ -176,6 +177,9 @@ class Measurements:
     compile_warm_s: float = 0.0
     # what a forked engine saves against a spawned one, start and close (the vLLM records spawned)
     fork_saving_s: float = 0.0
+    # generation time with hashed_sampling / with vLLM's per-request generators on an engine without
+    # the hashed sampler's processor, per shape (same session, mode and batch)
+    hashed_factor: dict[str, tuple[float, float]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
 
@@ -263,10 +267,25 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.compiled_speedup.setdefault(issue["shape"], (p, gain))
     m.compile_cold.setdefault(issue["shape"], (p, issue["engine_start_cold_s"] - eager_7b["engine_start_s"]))
     m.compile_warm_s = issue["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
+    m.hashed_factor = hashed_factors(need(VLLM_HASHED))
     starts = {method: [r["engine_start_s"] + r["close_s"] for r in need(START_METHODS)
                        if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
     m.fork_saving_s = statistics.mean(starts["spawn"]) - statistics.mean(starts["fork"])
     return m
+
+
+def hashed_factors(records: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per shape: a generation's time drawn by the hashed sampler over the same prompts drawn by vLLM's
+    per-request generators in an engine without the sampler's processor (which costs the engine a
+    little even where no request uses it), at the same mode and batch."""
+    factors = {}
+    for hashed in (r for r in records if "error" not in r and r.get("seeds") == "hashed"):
+        plain = [r for r in records if "error" not in r and r.get("seeds") == "per_request"
+                 and not r.get("hashed_sampler_loaded") and r["shape"] == hashed["shape"]
+                 and r["mode"] == hashed["mode"] and r["max_num_seqs"] == hashed["max_num_seqs"]]
+        if plain:
+            factors[hashed["shape"]] = (_shape_params(hashed["shape"]), hashed["generate_s"] / plain[-1]["generate_s"])
+    return factors
 
 
 def _levers(record: dict) -> tuple[bool, bool]:
@@ -333,8 +352,13 @@ def assumptions(m: Measurements) -> list[str]:
         "model load and adapter saves not counted",
         f"generation: n_prompts completions of {m.completion_tokens} tokens each, the records' max_tokens taken "
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
-        f"max_tokens allows; no top-up (min_rows 0); per-request seeds (the workflow); vLLM 0.26 on one H200 "
+        f"max_tokens allows; no top-up (min_rows 0); per-request seeds; vLLM 0.26 on one H200 "
         f"({VLLM_EAGER})",
+        "sizing hashed_sampling (profiles/b200: generation at 7b and 14b): the generation time x the hashed "
+        "sampler's time over vLLM's per-request generators in an engine without its processor, same prompts, "
+        f"mode and batch, one session ({VLLM_HASHED}: " + ", ".join(
+            f"{s} x {v:.2f}" for s, (_, v) in sorted(m.hashed_factor.items(), key=lambda i: i[1][0]))
+        + "), interpolated by parameters, flat beyond; evaluation keeps the per-request rate",
         "compiled engines (enforce_eager false): the eager rate x the compiled speedup measured at the same "
         "batch (" + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.compiled_speedup.items(),
                                                                        key=lambda i: i[1][0])) +
@@ -426,6 +450,10 @@ def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
     work = tokens * per_token.value / (1 if eager else speedup.value)
     start, start_basis = _engine_start(m, m.start_generate, params, eager)
     mode = "eager" if eager else f"eager / {speedup.value:.2f} compiled ({speedup.basis})"
+    if stage_setting(sizing, "hashed_sampling", "generate"):
+        hashed = by_params(m.hashed_factor, params, beyond="flat")
+        work *= hashed.value
+        mode += f", x {hashed.value:.2f} hashed sampling ({hashed.basis})"
     basis = {"generate": f"{per_token.basis}, {mode}", "generate engine": start_basis}
     return JobCost("generate", {"generate": work, "engine_start": start * gpus}, start + work / gpus, gpus, basis)
 
