@@ -354,7 +354,7 @@ def assumptions(m: Measurements) -> list[str]:
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
         f"max_tokens allows; no top-up (min_rows 0); per-request seeds; vLLM 0.26 on one H200 "
         f"({VLLM_EAGER})",
-        "sizing hashed_sampling (profiles/b200: generation at 7b and 14b): the generation time x the hashed "
+        "sizing hashed_sampling, where the sizing turns it on for generation: the generation time x the hashed "
         "sampler's time over vLLM's per-request generators in an engine without its processor, same prompts, "
         f"mode and batch, one session ({VLLM_HASHED}: " + ", ".join(
             f"{s} x {v:.2f}" for s, (_, v) in sorted(m.hashed_factor.items(), key=lambda i: i[1][0]))
