@@ -20,20 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from check_varlen import timed as timed_ms  # noqa: E402  (CUDA-event ms per call after a warm-up)
 from sublim import hashed_noise  # noqa: E402
-
-
-def timed_ms(action, steps: int) -> float:
-    for _ in range(3):
-        action()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(steps):
-        action()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / steps
 
 
 def main() -> None:

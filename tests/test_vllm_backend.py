@@ -85,6 +85,9 @@ def test_hashed_sampling_loads_the_processor_per_stage_and_marks_its_requests():
     sizing = {**sizing_for({}, "7b"), "hashed_sampling": {"generate": True, "evaluate": False}}
     assert engine_args("/m", sizing, {}, "generate")["logits_processors"] == [HASHED_SAMPLER]
     assert "logits_processors" not in engine_args("/m", sizing, {}, "evaluate")
+    # a processor of the user's own (vllm_args) stays, and ours is not dropped by it
+    theirs = {**sizing, "vllm_args": {"logits_processors": ["their.module:Processor"]}}
+    assert engine_args("/m", theirs, {}, "generate")["logits_processors"] == ["their.module:Processor", HASHED_SAMPLER]
     kwargs = sampling_kwargs(Sampling(temperature=0.7, top_p=1.0, top_k=0, max_tokens=64), seed=123, hashed=True)
     # vLLM's argmax picks the token from the processor's noisy row; no vLLM generator is made
     assert kwargs["temperature"] == 0.0 and "seed" not in kwargs

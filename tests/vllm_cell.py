@@ -70,8 +70,7 @@ def sampler_checks(backend, students: dict, spec: dict, answers: list[dict]) -> 
     from sublim.protocol import EVAL_QUESTIONS
 
     again = evaluate_students(backend, students, spec["evaluation"], spec["seed"])
-    evaluation = spec["evaluation"]
-    sampling = Sampling(evaluation["temperature"], evaluation["top_p"], evaluation["top_k"], evaluation["max_tokens"])
+    sampling = Sampling.from_protocol(spec["evaluation"])
     conversations = [question_messages(q) for q in EVAL_QUESTIONS[:4] for _ in range(3)]
     checks = {"hashed_sampling": backend.hashed_sampling, "rerun_identical": again == answers}
     for model, adapter in (("base", None), ("student", max(name for name in students.values() if name))):

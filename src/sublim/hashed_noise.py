@@ -1,8 +1,8 @@
 """Seeded sampling noise that is a pure function of (request seed, token position, token id).
 
 vLLM samples a seeded request with its own torch.Generator, one small kernel per request and step:
-at 512 sequences that loop made a 14b generation 1.7x slower on an H200 (benchmarks/README.md). Here every seeded
-row gets its noise from a counter-based hash in one pass over the batch instead, and the token is
+at 512 sequences that loop made a 14b generation 1.7x slower on an H200 (benchmarks/README.md). Here
+every seeded row gets its noise from a counter-based hash in one pass over the batch, and the token is
 the Gumbel-max draw argmax(logits / T + G): exactly a sample of softmax(logits / T), as vLLM's
 exponential race is. A token's noise does not depend on the batch it shares, the row it sits in or
 the engine's scheduling, so a rerun draws the same tokens wherever it ran the same logits.

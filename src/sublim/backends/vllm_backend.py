@@ -75,8 +75,6 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
         # 1.05): every sampling value comes from the protocol through SamplingParams.
         "generation_config": "vllm",
     }
-    if stage_setting(sizing, "hashed_sampling", stage):
-        args["logits_processors"] = [HASHED_SAMPLER]
     if adapters:
         args.update(
             enable_lora=True,
@@ -87,6 +85,9 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
         )
     # anything else vLLM takes (load_format, kv_cache_dtype, …), for a profile to pass through
     args.update(sizing.get("vllm_args") or {})
+    if stage_setting(sizing, "hashed_sampling", stage):  # beside any processors vllm_args brings
+        args["logits_processors"] = [p for p in args.get("logits_processors") or [] if p != HASHED_SAMPLER] + [
+            HASHED_SAMPLER]
     return args
 
 
@@ -144,7 +145,7 @@ class VLLMBackend:
         from vllm.lora.request import LoRARequest
 
         args = engine_args(model_dir, sizing, adapters, stage)
-        self.hashed_sampling = "logits_processors" in args
+        self.hashed_sampling = HASHED_SAMPLER in (args.get("logits_processors") or ())
         log.info("vLLM engine: %s", {k: v for k, v in args.items() if k not in ("model", "tokenizer")})
         # LoRA ids start at 1: vLLM reserves 0 for "no adapter".
         self.loras = {name: LoRARequest(name, i, str(path)) for i, (name, path) in enumerate(adapters.items(), 1)}
