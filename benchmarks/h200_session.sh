@@ -15,7 +15,12 @@
 # --methods at 0.5b, e.g. spawn,fork,spawn,fork, given START_RESERVE_S seconds of the budget, 200),
 # WORKFLOW_CONFIG (the workflow's config, benchmarks/configs/smol-gpu.yaml; smol-gpu-quick.yaml checks
 # the path in ~5 min), SHAPES=0 (no vllm_shapes.py), NOISE=0 (no check_hashed_noise.py, the hashed
-# sampler's kernel against its torch reference and vLLM's per-request generators).
+# sampler's kernel against its torch reference and vLLM's per-request generators), PROFILES (after
+# TRAIN_PLAN: space-separated SHAPE:CONFIG runs of profile_step.py, e.g. '32b:workflow 14b:workflow'),
+# GEMM=1 (gemm_ceiling.py: the step's matmuls alone), START_PLAN (last: space-separated
+# SHAPE:STAGE:METHODS[:CAPTURE_SIZES] runs of engine_start_method.py, capture sizes joined by '/',
+# e.g. '7b:generate:fork,fork 7b:evaluate:fork,fork 7b:generate:fork:1/8/32/128/512'), SYNC_DEBUG
+# (after PROFILES: a shape for sync_debug.py, the training step's waits for the GPU and their stacks).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -52,6 +57,21 @@ for run in ${TRAIN_PLAN:-}; do
       --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
   note "$name rc=$?"
 done
+for run in ${PROFILES:-}; do
+  IFS=: read -r shape config <<< "$run"
+  timeout 400 python3 benchmarks/profile_step.py --shape "$shape" --config "$config" \
+      --json "$OUT/profile_${shape}_${config}.json" > "$OUT/profile_${shape}_${config}.log" 2>&1
+  note "profile $shape $config rc=$?"
+done
+if [ -n "${SYNC_DEBUG:-}" ]; then
+  timeout 200 python3 benchmarks/sync_debug.py --shape "$SYNC_DEBUG" --json "$OUT/sync_debug_$SYNC_DEBUG.json" \
+      > "$OUT/sync_debug.log" 2>&1
+  note "sync debug $SYNC_DEBUG rc=$?"
+fi
+if [ "${GEMM:-0}" != 0 ]; then
+  timeout 200 python3 benchmarks/gemm_ceiling.py --json "$OUT/gemm_ceiling_h200.json" > "$OUT/gemm.log" 2>&1
+  note "gemm ceiling rc=$?"
+fi
 [ -n "${START_METHODS:-}" ] && reserve=${START_RESERVE_S:-200} || reserve=0
 
 if [ "${WORKFLOW:-1}" != 0 ]; then
@@ -92,6 +112,15 @@ if [ -n "${START_METHODS:-}" ]; then
       --json "$OUT/engine_start_method.json" --models "$OUT/shapes/models" > "$OUT/start_method.log" 2>&1
   note "start methods rc=$?"
 fi
+n=0
+for run in ${START_PLAN:-}; do
+  IFS=: read -r shape stage methods sizes <<< "$run"
+  n=$((n + 1))
+  timeout "$(left)" python3 benchmarks/engine_start_method.py --shape "$shape" --stage "$stage" --methods "$methods" \
+      ${sizes:+--capture-sizes "${sizes//\//,}"} --json "$OUT/job_overhead_$n.json" --models "$OUT/shapes/models" \
+      > "$OUT/job_overhead_$n.log" 2>&1
+  note "job overhead $run rc=$?"
+done
 tar czf "$OUT/artifacts.tgz" --exclude='*.safetensors' --exclude='models' logs benchmarks/runs results .snakemake/log \
     "$OUT"/*.log "$OUT"/*.txt "$OUT"/smoke 2>/dev/null
 note "done"

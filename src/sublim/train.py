@@ -51,7 +51,7 @@ def lora_config(lora: dict) -> LoraConfig:
 # changes the science: effective batch, schedule, loss, data order and LoRA stay the preset's.
 TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
                   "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
-                  "shared_prefix", "fused_lora", "train_processes")
+                  "shared_prefix", "fused_lora", "train_processes", "async_8bit_optimizer")
 
 
 def train_sizing(sizing: dict) -> dict:
@@ -250,6 +250,49 @@ def check_row_lengths(trainer: SFTTrainer, max_length: int) -> None:
         )
 
 
+class Async8bitOptimizer(TrainerCallback):
+    """bitsandbytes' 8-bit optimizers wait for the GPU (`torch.cuda.synchronize`, through
+    `bitsandbytes.utils.sync_gpu`) after every parameter tensor's update, which paged optimizers need.
+    A LoRA student has hundreds of such tensors (896 at 32b), so the GPU idles between the updates and
+    the next step starts from an empty queue. A non-paged optimizer's updates are kernels on the current
+    stream, ordered without the waits: here its steps run without them, with identical values
+    (tests/test_train_equivalence.py). Paged optimizers, and other optimizers, are left alone."""
+
+    def __init__(self, module_of_optimizers=None):
+        self._find_module = module_of_optimizers or bitsandbytes_optimizer_module
+        self._module = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        module = self._find_module()
+        if module is None or not isinstance(inner, module.Optimizer8bit) or inner.is_paged:
+            return
+        if not callable(getattr(module, "sync_gpu", None)):
+            log.warning("sizing async_8bit_optimizer: this bitsandbytes has no optim.optimizer.sync_gpu; "
+                        "its optimizer steps keep their waits")
+            return
+        self._module, self._sync_gpu = module, module.sync_gpu
+        module.sync_gpu = _no_wait
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._module is not None:
+            self._module.sync_gpu = self._sync_gpu
+            self._module = None
+
+
+def _no_wait(tensor) -> None:
+    return None
+
+
+def bitsandbytes_optimizer_module():
+    """bitsandbytes.optim.optimizer where bitsandbytes is installed, else None."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return None
+    import bitsandbytes.optim.optimizer
+
+    return bitsandbytes.optim.optimizer
+
+
 def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: dict, seed: int,
                   checkpoint_dir: Path, callbacks: list | tuple = (), report_to: str = "none",
                   run_name: str | None = None) -> SFTTrainer:
@@ -266,6 +309,8 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
     check_row_lengths(trainer, training["max_length"])
     if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
         trainer.add_callback(LoraInputsCastByAutocast())
+    if train_sizing(sizing)["async_8bit_optimizer"]:
+        trainer.add_callback(Async8bitOptimizer())
     if train_sizing(sizing)["fused_lora"]:
         if train_processes(train_sizing(sizing)) > 1:  # FSDP frees and refills the weights it shards
             log.warning("sizing fused_lora: true does not apply to a training over several processes; "
