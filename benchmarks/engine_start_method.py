@@ -112,8 +112,14 @@ def main() -> None:
         args.json.write_text(json.dumps(child(args.child, args.shape, models, args.launched, args.cpu, args.stage,
                                               args.prompts, sizes)))
         return
-    from vllm_shapes import stamp
+    from vllm_shapes import lora_folders, model_folder, stamp
 
+    # The folders are made here, before any job-like child starts: a child that ran torch's CPU kernels
+    # (OpenMP threads) before vLLM forked its engine hung there on the H200 (benchmarks/README.md,
+    # "Ninth session"); the workflow's generate and evaluate jobs open their engine before any torch work.
+    model_folder(args.shape, models)
+    if args.stage == "evaluate":
+        lora_folders(args.shape, models, 10)
     records = []
     for run, method in enumerate(args.methods.split(","), 1):
         out = args.json.with_suffix(f".run{run}.json")

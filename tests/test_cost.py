@@ -76,8 +76,32 @@ def test_rates_come_from_the_workflow_records(m):
 
 
 def test_a_missing_record_names_itself(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_0.5b_third_session.json"):
+    with pytest.raises(FileNotFoundError, match=cost.TRAIN_ASYNC):
         cost.load_measurements(tmp_path)
+
+
+def test_the_training_rates_are_without_bitsandbytes_waits(m):
+    # pairs of one process; 3b's is marked as its host's (launch-bound: the host's speed, not the card's)
+    assert set(m.async_gain) == {"7b", "14b", "32b"}
+    assert all(1.05 < gain < 1.2 for _, gain in m.async_gain.values())
+    # 32b's record ran 8-bit AdamW with the waits: its rate is taken without them
+    runs = [r["tokens_per_s"] for r in json.loads((RECORDS / "train_32b_sixth_session.json").read_text())
+            if r["config"] == "workflow+train_micro_batch=30"]
+    assert 1 / m.train_alone["32b"][1] == pytest.approx(sum(runs) / len(runs) * m.async_gain["32b"][1])
+    assert 0.5 < m.job_import_s < 20  # a vLLM job's own import, counted in its engine start
+
+
+def test_the_8bit_optimizers_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m):
+    waiting = {**grid, "sizing": {**grid["sizing"], "default": {**grid["sizing"].get("default", {}),
+                                                                "async_8bit_optimizer": False}}}
+    assert grid["protocol"]["training"]["optimizer"] == "adamw_8bit"
+    for size, slower in (("14b", m.async_gain["14b"][1]), ("0.5b", 1.0)):  # 0.5b packs: not measured
+        base, kept = cost.train_job(grid, size, m), cost.train_job(waiting, size, m)
+        assert kept.card_s["train"] == pytest.approx(base.card_s["train"] * slower)
+    torch_adamw = {**waiting, "protocol": {**waiting["protocol"], "training": {
+        **waiting["protocol"]["training"], "optimizer": "adamw_torch"}}}
+    assert cost.train_job(torch_adamw, "14b", m).card_s["train"] == pytest.approx(
+        cost.train_job(grid, "14b", m).card_s["train"])
 
 
 def test_packed_training_costs_a_quarter_card_per_hour_of_wall_time(grid, m):

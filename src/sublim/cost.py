@@ -38,13 +38,15 @@ OPTIMIZER_STATE = {"adamw_torch": 2.0, "adamw_8bit": 0.5}  # moments per LoRA pa
 STAGES = ("generate", "train", "evaluate", "engine_start")
 
 # Which records give which rate (benchmarks/README.md): the workflow configuration of each shape.
-TRAIN_ALONE = {  # one training on the card
-    "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false"),
-    "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false"),
-    "3b": ("train_3b_third_session.json", "workflow"),
-    "7b": ("train_7b_autocast_inputs.json", "workflow"),
-    "14b": ("train_14b_third_session.json", "workflow"),
-    "32b": ("train_32b_sixth_session.json", "workflow+train_micro_batch=30"),  # the sizing's 30 rows
+TRAIN_ALONE = {  # one training on the card: record, configuration, the optimizer it ran
+    "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
+    "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
+    "3b": ("train_3b_third_session.json", "workflow", "adamw_torch_fused"),
+    "7b": ("train_7b_autocast_inputs.json", "workflow", "adamw_torch_fused"),
+    "14b": ("train_14b_third_session.json", "workflow", "adamw_torch_fused"),
+    # the sizing's 30 rows; the seed preset's 8-bit AdamW since 2026-12-01 15:07, with bitsandbytes'
+    # wait after every tensor (async_8bit_optimizer did not exist yet)
+    "32b": ("train_32b_sixth_session.json", "workflow+train_micro_batch=30", "adamw_8bit waiting"),
 }
 TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): tokens/s of the whole card
     "0.5b": "concurrent_0.5b_x4_sublim_mps*.json",
@@ -53,6 +55,9 @@ TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): token
 # The records above ran without sizing's shared_prefix and fused_lora; these pairs (one process,
 # or one concurrent run, each with both on and both off) give their gain per shape.
 TRAIN_LEVERS = "train_levers_seventh_session.json"
+# 8-bit AdamW with bitsandbytes' waits against without them (sizing async_8bit_optimizer), pairs in one
+# process; the cost model's training rates are without the waits
+TRAIN_ASYNC = "train_async_optimizer_ninth_session.json"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
@@ -163,6 +168,8 @@ class Measurements:
     # tokens/s with shared_prefix and fused_lora on / both off, for rows of TOKENS_PER_ROW tokens
     levers_gain_alone: dict[str, tuple[float, float]] = field(default_factory=dict)
     levers_gain_packed: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # tokens/s of 8-bit AdamW without bitsandbytes' per-tensor waits / with them, one training alone
+    async_gain: dict[str, tuple[float, float]] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -177,6 +184,8 @@ class Measurements:
     compile_warm_s: float = 0.0
     # what a forked engine saves against a spawned one, start and close (the vLLM records spawned)
     fork_saving_s: float = 0.0
+    # a vLLM job's own import of vLLM (and torch), before its engine starts: forked runs' mean
+    job_import_s: float = 0.0
     # generation time with hashed_sampling / with vLLM's per-request generators on an engine without
     # the hashed sampler's processor, per shape (same session, mode and batch)
     hashed_factor: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -209,12 +218,16 @@ def load_measurements(records_dir: str | Path) -> Measurements:
             m.files.append(name)
         return _read(path)
 
-    for shape, (name, configuration) in TRAIN_ALONE.items():
+    m.async_gain = async_gains(need(TRAIN_ASYNC))
+    for shape, (name, configuration, optimizer) in TRAIN_ALONE.items():
         runs = [r for r in need(name) if r.get("config") == configuration]
         if not runs:
             raise ValueError(f"benchmark record {root / name} has no '{configuration}' run of {shape}")
-        m.train_alone[shape] = (_shape_params(shape), 1 / statistics.mean(r["tokens_per_s"] for r in runs))
-        m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs)
+        # the rate without bitsandbytes' waits, as every other record's
+        without_waits = (by_params(m.async_gain, _shape_params(shape), beyond="flat").value
+                         if optimizer == "adamw_8bit waiting" else 1.0)
+        m.train_alone[shape] = (_shape_params(shape), 1 / (statistics.mean(r["tokens_per_s"] for r in runs) * without_waits))
+        m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs) * without_waits
     for shape, pattern in TRAIN_PACKED.items():
         paths = sorted(glob.glob(str(root / pattern)))
         if not paths:
@@ -271,7 +284,21 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     starts = {method: [r["engine_start_s"] + r["close_s"] for r in need(START_METHODS)
                        if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
     m.fork_saving_s = statistics.mean(starts["spawn"]) - statistics.mean(starts["fork"])
+    m.job_import_s = statistics.mean(r["import_vllm_s"] for r in need(START_METHODS)
+                                     if r.get("method") == "fork" and "error" not in r)
     return m
+
+
+def async_gains(records: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per shape: tokens/s of the seed's 8-bit AdamW without bitsandbytes' per-tensor waits over with
+    them, pairs of one process; a record marked `"projection": false` says why it is left out."""
+    gains = {}
+    usable = [r for r in records if "error" not in r and r.get("projection", True)]
+    for on in (r for r in usable if (r.get("sizing") or {}).get("async_8bit_optimizer")):
+        off = [r for r in usable if r["shape"] == on["shape"] and not (r.get("sizing") or {}).get("async_8bit_optimizer")]
+        if off:
+            gains[on["shape"]] = (_shape_params(on["shape"]), on["tokens_per_s"] / off[-1]["tokens_per_s"])
+    return gains
 
 
 def hashed_factors(records: list[dict]) -> dict[str, tuple[float, float]]:
@@ -348,8 +375,14 @@ def assumptions(m: Measurements) -> list[str]:
         "processes (where the trainer does not share prefixes), no gain is counted",
         "training beyond 32b at 32b's MFU (time per token in proportion to parameters), x "
         f"{CHECKPOINTING_FACTOR} where the sizing turns activation checkpointing on; measured with the "
-        "completion-only loss and 32-bit fused AdamW (the loss and optimizer are taken not to change the rate); "
-        "model load and adapter saves not counted",
+        "completion-only loss (taken not to change the rate); 0.5b-14b's records ran 32-bit fused AdamW, "
+        "32b's the seed's 8-bit AdamW with bitsandbytes' wait after every tensor, which is taken out "
+        "(its rate x the gain measured in pairs at its shape); the rates are thus those of an optimizer "
+        "step without waits, which the seed's 8-bit AdamW has with sizing async_8bit_optimizer (pairs in "
+        f"{TRAIN_ASYNC}: " + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.async_gain.items(),
+                                                                            key=lambda i: i[1][0]))
+        + "; where the sizing turns it off the trainings alone take that much longer, interpolated by "
+        "parameters, the smallest measured shape's below it); model load and adapter saves not counted",
         f"generation: n_prompts completions of {m.completion_tokens} tokens each, the records' max_tokens taken "
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
         f"max_tokens allows; no top-up (min_rows 0); per-request seeds; vLLM 0.26 on one H200 "
@@ -372,7 +405,8 @@ def assumptions(m: Measurements) -> list[str]:
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
         "engine starts with dummy weights: reading the real weights adds their size over the disk's read rate "
-        "(the page cache serves later jobs of a size); engine start includes the engine's close",
+        "(the page cache serves later jobs of a size); engine start includes the engine's close and the job's "
+        f"own import of vLLM ({m.job_import_s:.1f} s, the forked runs of {START_METHODS})",
         f"engines forked, as the jobs start them where their process has not touched CUDA (sublim.process): the "
         f"records' spawned starts less {m.fork_saving_s:.1f} s, measured at 0.5b with the project's VLLMBackend "
         f"(start and close, two runs of each, {START_METHODS}); the saving is the engine process's own imports, "
@@ -424,6 +458,11 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
         gain = by_params(m.levers_gain_packed if cards == 0.25 else m.levers_gain_alone, params, beyond="flat")
         card_s /= gain.value
         basis += f"; / {gain.value:.2f} for shared_prefix and fused_lora ({gain.basis})"
+    if (config["protocol"]["training"]["optimizer"] == "adamw_8bit" and not sizing["async_8bit_optimizer"]
+            and cards == 1):  # bitsandbytes waits after every tensor (packed trainings: not measured)
+        waits = by_params(m.async_gain, params, beyond="flat")
+        card_s *= waits.value
+        basis += f", x {waits.value:.2f} for 8-bit AdamW's per-tensor waits ({waits.basis})"
     if sizing["gradient_checkpointing"]:
         card_s *= CHECKPOINTING_FACTOR
         basis += f", x {CHECKPOINTING_FACTOR} for activation checkpointing"
@@ -432,8 +471,9 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
 
 def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[float, str]:
     start = by_params(points, params, beyond="flat")
-    forked = start.value - m.fork_saving_s
-    basis = f"{start.basis}, forked ({m.fork_saving_s:.0f} s less than spawned), eager"
+    forked = start.value - m.fork_saving_s + m.job_import_s
+    basis = (f"{start.basis}, forked ({m.fork_saving_s:.0f} s less than spawned), + {m.job_import_s:.0f} s for "
+             f"the job's import of vLLM, eager")
     if eager:
         return forked, basis
     warm = compiled_figures(m, params)[2]
