@@ -256,7 +256,7 @@ class Async8bitOptimizer(TrainerCallback):
     A LoRA student has hundreds of such tensors (896 at 32b), so the GPU idles between the updates and
     the next step starts from an empty queue. A non-paged optimizer's updates are kernels on the current
     stream, ordered without the waits: here its steps run without them, with identical values
-    (tests/test_train_equivalence.py). Paged optimizers, and other optimizers, are left alone."""
+    (tests/test_async_optimizer.py). Paged optimizers, and other optimizers, are left alone."""
 
     def __init__(self, module_of_optimizers=None):
         self._find_module = module_of_optimizers or bitsandbytes_optimizer_module
