@@ -20,7 +20,10 @@
 # GEMM=1 (gemm_ceiling.py: the step's matmuls alone), START_PLAN (last: space-separated
 # SHAPE:STAGE:METHODS[:CAPTURE_SIZES] runs of engine_start_method.py, capture sizes joined by '/',
 # e.g. '7b:generate:fork,fork 7b:evaluate:fork,fork 7b:generate:fork:1/8/32/128/512'), SYNC_DEBUG
-# (after PROFILES: a shape for sync_debug.py, the training step's waits for the GPU and their stacks).
+# (after PROFILES: a shape for sync_debug.py, the training step's waits for the GPU and their stacks),
+# HF_EVAL (before START_PLAN: space-separated SHAPE[:random] evaluate jobs of the transformers backend,
+# two runs each, engine_start_method.py --backend transformers; random: weights built on the GPU, not
+# loaded, for shapes whose 65 GB of safetensors do not fit the disk).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -112,6 +115,13 @@ if [ -n "${START_METHODS:-}" ]; then
       --json "$OUT/engine_start_method.json" --models "$OUT/shapes/models" > "$OUT/start_method.log" 2>&1
   note "start methods rc=$?"
 fi
+for run in ${HF_EVAL:-}; do
+  IFS=: read -r shape mode <<< "$run"
+  timeout "$(left)" python3 benchmarks/engine_start_method.py --shape "$shape" --backend transformers --methods none,none \
+      ${mode:+--random-weights} --json "$OUT/hf_eval_$shape.json" --models "$OUT/shapes/models" > "$OUT/hf_eval_$shape.log" 2>&1
+  note "transformers evaluate $run rc=$?"
+  rm -rf "$OUT/shapes/models/qwen2.5-$shape-weights"  # the disk holds one shape's weights at a time
+done
 n=0
 for run in ${START_PLAN:-}; do
   IFS=: read -r shape stage methods sizes <<< "$run"

@@ -28,21 +28,36 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model_dir: str, sizing: dict, adapters: dict[str, str]):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        # straight onto the device: a 32b model read into host memory first would take minutes
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(sizing["dtype"]), device_map=device)
+        self._setup(model, tokenizer, sizing, adapters)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, sizing: dict, adapters: dict[str, str]) -> "TransformersBackend":
+        """The backend on a model already in memory (benchmarks: random weights built on the GPU)."""
+        backend = cls.__new__(cls)
+        backend._setup(model, tokenizer, sizing, adapters)
+        return backend
+
+    def _setup(self, model, tokenizer, sizing: dict, adapters: dict[str, str]) -> None:
+        self.device = model.device
         self.batch_size = sizing["generate_batch_size"]
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(sizing["dtype"]))
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
         if adapters:
             from peft import PeftModel
 
             names = iter(adapters.items())
             first, path = next(names)
-            model = PeftModel.from_pretrained(model, path, adapter_name=first)
+            # low_cpu_mem_usage: the LoRA weights load straight into layers made on the model's device
+            model = PeftModel.from_pretrained(model, path, adapter_name=first, low_cpu_mem_usage=True)
             for name, path in names:
-                model.load_adapter(path, adapter_name=name)
-        self.model = model.to(self.device).eval()
+                model.load_adapter(path, adapter_name=name, low_cpu_mem_usage=True)
+        self.model = model.eval()
 
     def _generation_config(self, sampling: Sampling) -> GenerationConfig:
         # A fresh config, so the model's own generation_config.json (top_k 20, repetition
