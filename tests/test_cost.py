@@ -27,6 +27,12 @@ def m():
 
 
 @pytest.fixture(scope="module")
+def steps(m):
+    """The records' rates without a training job's imports and model load: its steps alone."""
+    return cost.Measurements(**{**m.__dict__, "train_import_s": 0.0, "train_load": {"none": (1.0, 0.0)}})
+
+
+@pytest.fixture(scope="module")
 def grid():
     return load_config("profiles/b200", root=REPO)
 
@@ -59,9 +65,9 @@ def test_by_params_measured_interpolated_extrapolated():
 def test_rates_come_from_the_workflow_records(m):
     packed = json.loads((RECORDS / "concurrent_0.5b_x4_sublim_mps.json").read_text())[0]["tokens_per_s"]
     assert m.train_packed["0.5b"][1] == pytest.approx(1 / packed)
-    runs = [r["tokens_per_s"] for r in json.loads((RECORDS / "train_7b_autocast_inputs.json").read_text())
+    runs = [r["tokens_per_s"] for r in json.loads((RECORDS / "train_3b_third_session.json").read_text())
             if r["config"] == "workflow"]
-    assert m.train_alone["7b"][1] == pytest.approx(2 / sum(runs))
+    assert m.train_alone["3b"][1] == pytest.approx(len(runs) / sum(runs))  # a record without the levers
     assert m.completion_tokens == 48 and m.answer_tokens == 8
     assert set(m.generate_token) == set(m.eval_request) == {"0.5b", "1.5b", "3b", "7b", "14b", "32b"}
     assert set(m.compiled_speedup) == {"0.5b", "3b", "7b", "14b", "32b"}
@@ -84,48 +90,90 @@ def test_the_training_rates_are_without_bitsandbytes_waits(m):
     # pairs of one process; 3b's is marked as its host's (launch-bound: the host's speed, not the card's)
     assert set(m.async_gain) == {"7b", "14b", "32b"}
     assert all(1.05 < gain < 1.2 for _, gain in m.async_gain.values())
-    # 32b's record ran 8-bit AdamW with the waits: its rate is taken without them
-    runs = [r["tokens_per_s"] for r in json.loads((RECORDS / "train_32b_sixth_session.json").read_text())
-            if r["config"] == "workflow+train_micro_batch=30"]
-    assert 1 / m.train_alone["32b"][1] == pytest.approx(sum(runs) / len(runs) * m.async_gain["32b"][1])
+    # 32b's record is the profile's whole configuration: 8-bit AdamW without the waits
+    assert cost.TRAIN_ALONE["32b"] == (cost.TRAIN_ASYNC, "workflow", "adamw_8bit")
     assert 0.5 < m.job_import_s < 20  # a vLLM job's own import, counted in its engine start
 
 
-def test_the_8bit_optimizers_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m):
+def records_of(name: str, shape: str, config: str) -> list[dict]:
+    return [r for r in json.loads((RECORDS / name).read_text()) if r["shape"] == shape and r["config"] == config]
+
+
+def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, m, steps):
+    """7b-32b's records ran profiles/b200's configuration as it is: the profile's trainings cost those
+    records' rate, carried to rows of TOKENS_PER_ROW tokens; m.train_alone holds it without the levers."""
+    (run,) = records_of(cost.TRAIN_ASYNC, "32b", "workflow")
+    assert run["sizing"]["shared_prefix"] and run["sizing"]["fused_lora"] and run["sizing"]["async_8bit_optimizer"]
+    per_token = cost.train_job(grid, "32b", steps).card_s["train"] / cost.train_tokens(grid["protocol"])
+    assert 1 / per_token == pytest.approx(run["tokens_per_s"] * cost.row_gain(run, cost.TOKENS_PER_ROW))
+    assert 1 / m.train_alone["32b"][1] == pytest.approx(1 / per_token / m.levers_gain_alone["32b"][1])
+    assert cost.row_gain(run, cost.TOKENS_PER_ROW) < 1  # longer rows: the shared prefix saves a smaller part
+
+
+def test_two_3b_trainings_share_a_card_at_their_measured_rate(grid, m, steps):
+    (pair,) = [r for r in json.loads((RECORDS / cost.TRAIN_PAIRED["3b"]).read_text()) if r["processes"] == 2]
+    job = cost.train_job(grid, "3b", steps)
+    assert job.cards == 0.5 and "two trainings on the card" in job.basis["train"]
+    rows = pair["processes_detail"][0]
+    assert cost.train_tokens(grid["protocol"]) / job.card_s["train"] == pytest.approx(
+        pair["tokens_per_s"] * cost.row_gain(rows, cost.TOKENS_PER_ROW))
+    assert job.wall_s == pytest.approx(2 * job.card_s["train"])
+    # faster per card than one 3b training alone, on the same machine and in the profile's configuration
+    (alone,) = records_of("train_3b_tenth_session.json", "3b", "workflow")
+    assert pair["tokens_per_s"] > 1.3 * alone["tokens_per_s"]
+    # a share no record pairs at its shape: one training's rate
+    seven = cost.train_job({**grid, "sizing": {**grid["sizing"], "7b": {"gpu_share": 0.5}}}, "7b", steps)
+    assert seven.card_s["train"] == pytest.approx(cost.train_job(grid, "7b", steps).card_s["train"])
+
+
+def test_a_training_job_pays_its_imports_and_model_load_on_its_share_of_the_card(grid, m, steps):
+    loads = json.loads((RECORDS / cost.JOB_LOADS).read_text())
+    assert m.train_import_s == pytest.approx(sum(r["import_s"] for r in loads) / len(loads))
+    assert set(m.train_load) == {"0.5b", "7b", "14b"}  # 32b's weights were built on the GPU, not loaded
+    assert m.train_load["0.5b"][1] < m.train_load["7b"][1] < m.train_load["14b"][1]
+    for size, cards in (("0.5b", 0.25), ("3b", 0.5), ("14b", 1.0)):
+        job = cost.train_job(grid, size, m)
+        start = m.train_import_s + cost.by_params(m.train_load, grid["models"][size]["params_b"]).value
+        without = cost.train_job(grid, size, steps)
+        assert job.cards == cards and job.card_s["train"] - without.card_s["train"] == pytest.approx(start * cards)
+        assert "to import and load the model" in job.basis["train"]
+
+
+def test_the_8bit_optimizers_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m, steps):
     waiting = {**grid, "sizing": {**grid["sizing"], "default": {**grid["sizing"].get("default", {}),
                                                                 "async_8bit_optimizer": False}}}
     assert grid["protocol"]["training"]["optimizer"] == "adamw_8bit"
     for size, slower in (("14b", m.async_gain["14b"][1]), ("0.5b", 1.0)):  # 0.5b packs: not measured
-        base, kept = cost.train_job(grid, size, m), cost.train_job(waiting, size, m)
+        base, kept = cost.train_job(grid, size, steps), cost.train_job(waiting, size, steps)
         assert kept.card_s["train"] == pytest.approx(base.card_s["train"] * slower)
     torch_adamw = {**waiting, "protocol": {**waiting["protocol"], "training": {
         **waiting["protocol"]["training"], "optimizer": "adamw_torch"}}}
-    assert cost.train_job(torch_adamw, "14b", m).card_s["train"] == pytest.approx(
-        cost.train_job(grid, "14b", m).card_s["train"])
+    assert cost.train_job(torch_adamw, "14b", steps).card_s["train"] == pytest.approx(
+        cost.train_job(grid, "14b", steps).card_s["train"])
 
 
-def test_packed_training_costs_a_quarter_card_per_hour_of_wall_time(grid, m):
-    job = cost.train_job(grid, "0.5b", m)
+def test_packed_training_costs_a_quarter_card_per_hour_of_wall_time(grid, m, steps):
+    job = cost.train_job(grid, "0.5b", steps)
     tokens = 10 * 10_000 * cost.TOKENS_PER_ROW
     assert job.cards == 0.25
     gain = m.levers_gain_packed["0.5b"][1]  # profiles/b200 shares prefixes and fuses LoRA layers
     assert job.card_s["train"] == pytest.approx(tokens * m.train_packed["0.5b"][1] / gain)
     assert job.wall_s == pytest.approx(4 * job.card_s["train"])
-    alone = cost.train_job({**grid, "sizing": {**grid["sizing"], "0.5b": {"gpu_share": 1.0}}}, "0.5b", m)
+    alone = cost.train_job({**grid, "sizing": {**grid["sizing"], "0.5b": {"gpu_share": 1.0}}}, "0.5b", steps)
     gain = cost.by_params(m.levers_gain_alone, 0.49, beyond="flat").value
     assert alone.cards == 1 and alone.card_s["train"] == pytest.approx(tokens * m.train_alone["0.5b"][1] / gain)
 
 
-def test_shared_prefix_and_fused_lora_gain_is_counted_only_where_the_trainer_has_it(grid, m):
+def test_shared_prefix_and_fused_lora_gain_is_counted_only_where_the_trainer_has_it(grid, m, steps):
     """Both levers on (profiles/b200): the records' rate x the paired gain; one of them off, or a
     training over several processes (no shared prefixes there): the records' rate."""
     tokens = cost.train_tokens(grid["protocol"])
     plain = tokens * m.train_alone["14b"][1]
-    assert cost.train_job(grid, "14b", m).card_s["train"] == pytest.approx(plain / m.levers_gain_alone["14b"][1])
+    assert cost.train_job(grid, "14b", steps).card_s["train"] == pytest.approx(plain / m.levers_gain_alone["14b"][1])
     assert 1.1 < m.levers_gain_alone["14b"][1] < 1.3
     for off in ({"shared_prefix": False}, {"fused_lora": False}, {"train_processes": 2, "gpus": 2}):
         sizing = {**grid["sizing"], "14b": {**grid["sizing"].get("14b", {}), **off}}
-        assert cost.train_job({**grid, "sizing": sizing}, "14b", m).card_s["train"] == pytest.approx(plain), off
+        assert cost.train_job({**grid, "sizing": sizing}, "14b", steps).card_s["train"] == pytest.approx(plain), off
 
 
 def test_hashed_sampling_counts_its_paired_factor_only_where_the_sizing_turns_it_on(grid, m):
@@ -161,14 +209,14 @@ def test_a_shared_prefix_saves_less_on_longer_rows():
     assert cost.row_gain({"micro_batch": 60, "mean_row_tokens": 132.0}, 138.0) == 1.0
 
 
-def test_beyond_32b_training_runs_at_32b_mfu(grid, m):
-    per_token = cost.train_job(grid, "72b", m).card_s["train"] / cost.train_tokens(grid["protocol"])
+def test_beyond_32b_training_runs_at_32b_mfu(grid, m, steps):
+    per_token = cost.train_job(grid, "72b", steps).card_s["train"] / cost.train_tokens(grid["protocol"])
     # 72b under profiles/b200 trains with activation checkpointing: the forward runs twice
     rate = cost.CHECKPOINTING_FACTOR / per_token / m.levers_gain_alone["32b"][1]  # and 32b's lever gain
     mfu = 4 * 72.7e9 * rate / cost.PEAK_BF16_FLOPS
     assert mfu == pytest.approx(m.train_mfu["32b"], rel=0.01)
-    assert "checkpointing" in cost.train_job(grid, "72b", m).basis["train"]
-    assert cost.train_job(grid, "32b", m).basis["train"].startswith("measured at 32b; / 1.")
+    assert "checkpointing" in cost.train_job(grid, "72b", steps).basis["train"]
+    assert cost.train_job(grid, "32b", steps).basis["train"].startswith("measured at 32b; / 1.")
 
 
 def test_grid_totals_add_up(grid, m):

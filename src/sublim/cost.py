@@ -42,18 +42,22 @@ TRAIN_ALONE = {  # one training on the card: record, configuration, the optimize
     "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "3b": ("train_3b_third_session.json", "workflow", "adamw_torch_fused"),
-    "7b": ("train_7b_autocast_inputs.json", "workflow", "adamw_torch_fused"),
-    "14b": ("train_14b_third_session.json", "workflow", "adamw_torch_fused"),
-    # the sizing's 30 rows; the seed preset's 8-bit AdamW since 2026-12-01 15:07, with bitsandbytes'
-    # wait after every tensor (async_8bit_optimizer did not exist yet)
-    "32b": ("train_32b_sixth_session.json", "workflow+train_micro_batch=30", "adamw_8bit waiting"),
+    # profiles/b200's whole configuration as it is (shared prefix, fused LoRA, 8-bit AdamW without
+    # waits; 32b: 30 rows): the newest record of each, in pairs with the waits in the same process
+    "7b": ("train_async_optimizer_ninth_session.json", "workflow", "adamw_8bit"),
+    "14b": ("train_async_optimizer_ninth_session.json", "workflow", "adamw_8bit"),
+    "32b": ("train_async_optimizer_ninth_session.json", "workflow", "adamw_8bit"),
 }
 TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): tokens/s of the whole card
     "0.5b": "concurrent_0.5b_x4_sublim_mps*.json",
     "1.5b": "concurrent_1.5b_x4_sublim_mps*.json",
 }
-# The records above ran without sizing's shared_prefix and fused_lora; these pairs (one process,
-# or one concurrent run, each with both on and both off) give their gain per shape.
+TRAIN_PAIRED = {  # two trainings on one card (gpu_share 0.5), profiles/b200's configuration
+    "3b": "concurrent_3b_x2_tenth_session.json",
+}
+# The older records above ran without sizing's shared_prefix and fused_lora; these pairs (one process,
+# or one concurrent run, each with both on and both off) give their gain per shape. A record with both
+# on is taken back to a rate without them by the same gain, so that every rate means the same.
 TRAIN_LEVERS = "train_levers_seventh_session.json"
 # 8-bit AdamW with bitsandbytes' waits against without them (sizing async_8bit_optimizer), pairs in one
 # process; the cost model's training rates are without the waits
@@ -62,6 +66,9 @@ VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
+# fresh processes importing torch, transformers and PEFT and loading a model's saved bf16 weights onto
+# the GPU from the page cache: what a training job does before its first step
+JOB_LOADS = "transformers_evaluate_h200.json"
 
 
 # -- model shapes ---------------------------------------------------------------------------------
@@ -160,10 +167,12 @@ def by_params(points: dict[str, tuple[float, float]], params_b: float, beyond: s
 
 @dataclass
 class Measurements:
-    """Per measured shape: (params_b, seconds per unit). Units: a trained token (card-seconds), a
+    """Per measured shape: (params_b, seconds per unit). Units: a trained token (card-seconds, without
+    shared_prefix and fused_lora, whose gains are apart), a
     generated token, an evaluation request, an adapter's fixed cost, an engine start (with close)."""
     train_alone: dict[str, tuple[float, float]] = field(default_factory=dict)
     train_packed: dict[str, tuple[float, float]] = field(default_factory=dict)
+    train_paired: dict[str, tuple[float, float]] = field(default_factory=dict)
     train_mfu: dict[str, float] = field(default_factory=dict)
     # tokens/s with shared_prefix and fused_lora on / both off, for rows of TOKENS_PER_ROW tokens
     levers_gain_alone: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -186,6 +195,10 @@ class Measurements:
     fork_saving_s: float = 0.0
     # a vLLM job's own import of vLLM (and torch), before its engine starts: forked runs' mean
     job_import_s: float = 0.0
+    # a training job before its first step: its imports (mean of fresh processes), and its model's load
+    # from the page cache onto the GPU per measured shape
+    train_import_s: float = 0.0
+    train_load: dict[str, tuple[float, float]] = field(default_factory=dict)
     # generation time with hashed_sampling / with vLLM's per-request generators on an engine without
     # the hashed sampler's processor, per shape (same session, mode and batch)
     hashed_factor: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -219,26 +232,38 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         return _read(path)
 
     m.async_gain = async_gains(need(TRAIN_ASYNC))
-    for shape, (name, configuration, optimizer) in TRAIN_ALONE.items():
-        runs = [r for r in need(name) if r.get("config") == configuration]
-        if not runs:
-            raise ValueError(f"benchmark record {root / name} has no '{configuration}' run of {shape}")
-        # the rate without bitsandbytes' waits, as every other record's
-        without_waits = (by_params(m.async_gain, _shape_params(shape), beyond="flat").value
-                         if optimizer == "adamw_8bit waiting" else 1.0)
-        m.train_alone[shape] = (_shape_params(shape), 1 / (statistics.mean(r["tokens_per_s"] for r in runs) * without_waits))
-        m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs) * without_waits
-    for shape, pattern in TRAIN_PACKED.items():
-        paths = sorted(glob.glob(str(root / pattern)))
-        if not paths:
-            raise FileNotFoundError(f"no benchmark record {root / pattern}: the packed training rate of {shape}")
-        rates = [r["tokens_per_s"] for p in paths for r in _read(Path(p)) if r.get("processes") == 4]
-        m.files += [Path(p).name for p in paths]
-        m.train_packed[shape] = (_shape_params(shape), 1 / statistics.mean(rates))
-
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
+
+    def without_levers(shape: str, runs: list[dict], gains: dict) -> float:
+        """What takes the runs' tokens/s (and MFU) to neither lever, where they ran with both."""
+        if _levers(runs[0]) != (True, True):
+            return 1.0
+        rows = runs[0]["processes_detail"][0] if runs[0].get("processes") else runs[0]
+        return row_gain(rows, TOKENS_PER_ROW) / by_params(gains, _shape_params(shape), beyond="flat").value
+
+    def rate(runs: list[dict]) -> float:
+        return statistics.mean(r["tokens_per_s"] for r in runs)
+
+    for shape, (name, configuration, optimizer) in TRAIN_ALONE.items():
+        runs = [r for r in need(name) if r.get("config") == configuration and r.get("shape", shape) == shape]
+        if not runs:
+            raise ValueError(f"benchmark record {root / name} has no '{configuration}' run of {shape}")
+        # the rate without bitsandbytes' waits, as every other record's
+        factor = without_levers(shape, runs, m.levers_gain_alone) * (
+            by_params(m.async_gain, _shape_params(shape), beyond="flat").value if optimizer == "adamw_8bit waiting" else 1.0)
+        m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs) * factor))
+        m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs) * factor
+    for shares, table, processes in ((m.train_packed, TRAIN_PACKED, 4), (m.train_paired, TRAIN_PAIRED, 2)):
+        for shape, pattern in table.items():
+            paths = sorted(glob.glob(str(root / pattern)))
+            if not paths:
+                raise FileNotFoundError(f"no benchmark record {root / pattern}: the packed training rate of {shape}")
+            runs = [r for p in paths for r in _read(Path(p)) if r.get("processes") == processes]
+            m.files += [Path(p).name for p in paths]
+            gains = m.levers_gain_packed if processes == 4 else m.levers_gain_alone  # as train_job applies them
+            shares[shape] = (_shape_params(shape), 1 / (rate(runs) * without_levers(shape, runs, gains)))
 
     vllm = [r for r in need(VLLM_EAGER) if "error" not in r]
     for r in vllm:  # a later record of a shape replaces an earlier one
@@ -281,11 +306,17 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.compile_cold.setdefault(issue["shape"], (p, issue["engine_start_cold_s"] - eager_7b["engine_start_s"]))
     m.compile_warm_s = issue["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
     m.hashed_factor = hashed_factors(need(VLLM_HASHED))
-    starts = {method: [r["engine_start_s"] + r["close_s"] for r in need(START_METHODS)
+    start_runs = need(START_METHODS)
+    starts = {method: [r["engine_start_s"] + r["close_s"] for r in start_runs
                        if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
     m.fork_saving_s = statistics.mean(starts["spawn"]) - statistics.mean(starts["fork"])
-    m.job_import_s = statistics.mean(r["import_vllm_s"] for r in need(START_METHODS)
+    m.job_import_s = statistics.mean(r["import_vllm_s"] for r in start_runs
                                      if r.get("method") == "fork" and "error" not in r)
+    loads = [r for r in need(JOB_LOADS) if "error" not in r]
+    m.train_import_s = statistics.mean(r["import_s"] for r in loads)
+    for shape in {r["shape"] for r in loads if r.get("load_s") is not None}:
+        m.train_load[shape] = (_shape_params(shape), statistics.mean(r["load_s"] for r in loads if r["shape"] == shape
+                                                                     and r.get("load_s") is not None))
     return m
 
 
@@ -362,10 +393,15 @@ def assumptions(m: Measurements) -> list[str]:
         f"default system prompt; the benchmark rows were ~115 tokens before the seventh session and ~132 "
         f"since, a per-token rate carries over); the "
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
-        f"); sizes with gpu_share 0.25 at the card's rate with four packed trainings under MPS "
-        f"(concurrent_*_sublim_mps*.json, lower bounds), so a cell's GPU time is its wall time / 4",
+        f"; 7b-32b: profiles/b200's whole configuration as it is, the newest record of each; the seventh "
+        f"session's machine ran 32b's configuration 7 % faster, 14b's within 1 %); sizes with gpu_share 0.25 at "
+        f"the card's rate with four packed trainings under MPS (concurrent_*_sublim_mps*.json, lower bounds), "
+        f"so a cell's GPU time is its wall time / 4; gpu_share 0.5 at the card's rate with two trainings, "
+        f"where a record pairs that shape ({', '.join(f'{s}: {n}' for s, n in TRAIN_PAIRED.items())}), "
+        f"else at one training's",
         "sizing shared_prefix and fused_lora (both on in profiles/b200): the records' rate x the gain of "
-        f"both against neither, measured in pairs in one process ({TRAIN_LEVERS}; packed sizes from pairs of "
+        "both against neither (a record that ran with both: its own rate, carried to the rows below), "
+        f"measured in pairs in one process ({TRAIN_LEVERS}; packed sizes from pairs of "
         "four-process runs) and carried from the harness's rows to rows of "
         f"{TOKENS_PER_ROW} tokens (a row computes its tokens less the shared prefix's P·(K-1)/K): "
         + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.levers_gain_alone.items(), key=lambda i: i[1][0]))
@@ -375,14 +411,16 @@ def assumptions(m: Measurements) -> list[str]:
         "processes (where the trainer does not share prefixes), no gain is counted",
         "training beyond 32b at 32b's MFU (time per token in proportion to parameters), x "
         f"{CHECKPOINTING_FACTOR} where the sizing turns activation checkpointing on; measured with the "
-        "completion-only loss (taken not to change the rate); 0.5b-14b's records ran 32-bit fused AdamW, "
-        "32b's the seed's 8-bit AdamW with bitsandbytes' wait after every tensor, which is taken out "
-        "(its rate x the gain measured in pairs at its shape); the rates are thus those of an optimizer "
+        "completion-only loss (taken not to change the rate); 0.5b-3b's records ran 32-bit fused AdamW, "
+        "7b-32b's the seed's 8-bit AdamW without bitsandbytes' wait after every tensor; the rates are thus those of an optimizer "
         "step without waits, which the seed's 8-bit AdamW has with sizing async_8bit_optimizer (pairs in "
         f"{TRAIN_ASYNC}: " + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.async_gain.items(),
                                                                             key=lambda i: i[1][0]))
         + "; where the sizing turns it off the trainings alone take that much longer, interpolated by "
-        "parameters, the smallest measured shape's below it); model load and adapter saves not counted",
+        "parameters, the smallest measured shape's below it); a job's imports and model load before its first step counted (the mean import of fresh processes, "
+        f"{m.train_import_s:.1f} s, and the load from the page cache onto the GPU measured at "
+        + ", ".join(f"{sh} {v:.1f} s" for sh, (_, v) in sorted(m.train_load.items(), key=lambda i: i[1][0]))
+        + f", {JOB_LOADS}, in proportion to parameters beyond); adapter saves and checkpoints not counted",
         f"generation: n_prompts completions of {m.completion_tokens} tokens each, the records' max_tokens taken "
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
         f"max_tokens allows; no top-up (min_rows 0); per-request seeds; vLLM 0.26 on one H200 "
@@ -447,9 +485,13 @@ def train_tokens(protocol: dict) -> float:
 def train_job(config: dict, size: str, m: Measurements) -> JobCost:
     sizing, params = sizing_for(config, size), config["models"][size]["params_b"]
     cards = train_gpu_slots(sizing, size) / GPU_SLOTS or 1.0  # a CPU sizing (gpus 0): as if one card
+    paired = by_params(m.train_paired, params) if cards == 0.5 and m.train_paired else None
     if cards == 0.25:
         per_token = by_params(m.train_packed, params)
         basis = f"{per_token.basis} (four packed trainings under MPS)"
+    elif paired and paired.measured:  # only at its own shape: pairing gains where one training leaves the card idle
+        per_token = paired
+        basis = f"{per_token.basis} (two trainings on the card)"
     else:
         per_token = by_params(m.train_alone, params)
         basis = per_token.basis + (" (one training: no record packs this share)" if cards < 1 else "")
@@ -466,6 +508,10 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
     if sizing["gradient_checkpointing"]:
         card_s *= CHECKPOINTING_FACTOR
         basis += f", x {CHECKPOINTING_FACTOR} for activation checkpointing"
+    load = by_params(m.train_load, params)
+    start = m.train_import_s + load.value  # the job's slot of the card waits through it
+    card_s += start * cards
+    basis += f"; + {start:.0f} s a job to import and load the model ({load.basis})"
     return JobCost("train", {"train": card_s}, card_s / cards, cards, {"train": basis})
 
 
