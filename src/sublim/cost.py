@@ -38,6 +38,8 @@ OPTIMIZER_STATE = {"adamw_torch": 2.0, "adamw_8bit": 0.5}  # moments per LoRA pa
 STAGES = ("generate", "train", "evaluate", "engine_start")
 
 # Which records give which rate (benchmarks/README.md): the workflow configuration of each shape.
+# Every record's optimizer step runs without host waits: 32-bit fused AdamW, or the seed's 8-bit AdamW
+# with async_8bit_optimizer (TRAIN_ASYNC's pairs give what the waits cost where a sizing keeps them).
 TRAIN_ALONE = {  # one training on the card: record, configuration, the optimizer it ran
     "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
@@ -246,13 +248,11 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     def rate(runs: list[dict]) -> float:
         return statistics.mean(r["tokens_per_s"] for r in runs)
 
-    for shape, (name, configuration, optimizer) in TRAIN_ALONE.items():
+    for shape, (name, configuration, _optimizer) in TRAIN_ALONE.items():
         runs = [r for r in need(name) if r.get("config") == configuration and r.get("shape", shape) == shape]
         if not runs:
             raise ValueError(f"benchmark record {root / name} has no '{configuration}' run of {shape}")
-        # the rate without bitsandbytes' waits, as every other record's
-        factor = without_levers(shape, runs, m.levers_gain_alone) * (
-            by_params(m.async_gain, _shape_params(shape), beyond="flat").value if optimizer == "adamw_8bit waiting" else 1.0)
+        factor = without_levers(shape, runs, m.levers_gain_alone)
         m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs) * factor))
         m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs) * factor
     for shares, table, processes in ((m.train_packed, TRAIN_PACKED, 4), (m.train_paired, TRAIN_PAIRED, 2)):
