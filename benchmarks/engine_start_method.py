@@ -141,10 +141,11 @@ def transformers_child(shape: str, models: Path, launched_unix: float, random_we
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a plumbing check with shape tiny
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if random_weights:
+        config_folder = model_folder(shape, models)
         with torch.device(device):
             model = transformers.AutoModelForCausalLM.from_config(
-                transformers.AutoConfig.from_pretrained(model_folder(shape, models)), dtype=torch.bfloat16)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_folder(shape, models))
+                transformers.AutoConfig.from_pretrained(config_folder), dtype=torch.bfloat16)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(config_folder)
     else:
         folder = weights_folder(shape, models)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

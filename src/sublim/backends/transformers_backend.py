@@ -29,7 +29,7 @@ class TransformersBackend:
 
     def __init__(self, model_dir: str, sizing: dict, adapters: dict[str, str]):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # _setup pads it on the left
         # straight onto the device: a 32b model read into host memory first would take minutes
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(sizing["dtype"]), device_map=device)
         self._setup(model, tokenizer, sizing, adapters)
