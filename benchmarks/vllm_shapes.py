@@ -12,7 +12,8 @@ run keeps what it measured. The steps:
   gen:S:MODE[:N[:plain]] engine start for generate (MODE eager | compiled; N: max_num_seqs instead of
                 the sizing's; plain: without the hashed sampler's logits processor), then --prompts
                 teacher requests drawn by vLLM's per-request generators, the same by the hashed noise
-                (sublim.hashed_noise; not with plain), and the same without seeds (engine seed only)
+                (sublim.hashed_noise; not with plain), and the same without seeds (engine seed only),
+                each pass from an empty prefix cache (a job sees each prompt once)
   render:S      vLLM's own chat() path against the backend's batched render + tokenise (CPU side)
   eval:S        engine start for evaluate (eager, LoRA, 10 random adapters), then 10 epochs x
                 --eval-requests: one submission (the workflow) against one submission per epoch
@@ -173,7 +174,7 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.gen_tokens)
     base = {"shape": shape, "stage": "generate", "mode": mode, "engine_start_s": start_s,
             "prompts": len(conversations), "max_tokens": args.gen_tokens, "max_num_seqs": sizing["max_num_seqs"],
-            "hashed_sampler_loaded": backend.hashed_sampling}
+            "hashed_sampler_loaded": backend.hashed_sampling, "prefix_cache_reset_between_passes": True}
     records = []
     _, render_s = timed(lambda: prompt_token_ids(backend.tokenizer, conversations))
     # the workflow's path (VLLMBackend.chat): render + tokenise in one batch, one request seed each,
@@ -181,6 +182,9 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
     loaded = backend.hashed_sampling
     for seeds in ("per_request", "hashed") if loaded else ("per_request",):
         backend.hashed_sampling = seeds == "hashed"
+        # a job sees each prompt once: an earlier pass's whole prompts in the prefix cache would skip
+        # this pass's prefill (records before the eleventh session compared later passes with that gain)
+        backend.llm.reset_prefix_cache()
         texts, wall = timed(lambda: backend.chat(conversations, sampling, seed=1, desc=f"generate {seeds}"))
         tokens = sum(len(ids) for ids in backend.tokenizer(texts, add_special_tokens=False)["input_ids"])
         records.append({**base, "seeds": seeds, "render_tokenise_s": render_s, "generate_s": wall,
@@ -189,6 +193,7 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
     backend.hashed_sampling = loaded
     ids = prompt_token_ids(backend.tokenizer, conversations)
     unseeded = [SamplingParams(**{**sampling_kwargs(sampling, 0), "seed": None}) for _ in ids]
+    backend.llm.reset_prefix_cache()
     outputs, wall = timed(lambda: backend.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], unseeded,
                                                        use_tqdm=False))
     tokens = output_tokens(outputs)
