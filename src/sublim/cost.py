@@ -65,8 +65,10 @@ TRAIN_LEVERS = "train_levers_seventh_session.json"
 # process; the cost model's training rates are without the waits
 TRAIN_ASYNC = "train_async_optimizer_ninth_session.json"
 VLLM_EAGER = "vllm_shapes_h200.json"
-VLLM_COMPILED = "vllm_compiled_7b_issue11.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
+# compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
+# compiled engine start adds over an eager one once a size's first job has filled the cache
+JOB_COMPILED = "engine_start_compiled_7b_eleventh_session.json"
 START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
 # fresh processes importing torch, transformers and PEFT and loading a model's saved bf16 weights onto
 # the GPU from the page cache: what a training job does before its first step
@@ -189,7 +191,7 @@ class Measurements:
     completion_tokens: int = 0
     answer_tokens: int = 0
     # compiled engines (enforce_eager false): eager / compiled time per generated token, and what a
-    # compiled engine start adds with the compile cache empty (per measured shape) or filled (7b)
+    # compiled engine start adds with the compile cache empty (per measured shape) or filled (7b's jobs)
     compiled_speedup: dict[str, tuple[float, float]] = field(default_factory=dict)
     compile_cold: dict[str, tuple[float, float]] = field(default_factory=dict)
     compile_warm_s: float = 0.0
@@ -201,8 +203,8 @@ class Measurements:
     # from the page cache onto the GPU per measured shape
     train_import_s: float = 0.0
     train_load: dict[str, tuple[float, float]] = field(default_factory=dict)
-    # generation time with hashed_sampling / with vLLM's per-request generators on an engine without
-    # the hashed sampler's processor, per shape (same session, mode and batch)
+    # generation time with hashed_sampling / with vLLM's own seeded sampler on an engine without the
+    # hashed sampler's processor, per shape (same session, mode and batch, empty prefix cache each pass)
     hashed_factor: dict[str, tuple[float, float]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
@@ -296,20 +298,12 @@ def load_measurements(records_dir: str | Path) -> Measurements:
             eager_start = (by_params(m.start_generate, p, beyond="flat").value - base["engine_close_s"]
                            if base.get("first_engine_on_machine") else base["engine_start_s"])
             m.compile_cold[r["shape"]] = (p, r["engine_start_s"] - eager_start)
-    # issue 11's 7b figures (no raw record): 128-token requests, so its gain is an upper bound
-    issue = need(VLLM_COMPILED)[0]
-    eager_7b = next(r for r in generated if r["shape"] == issue["shape"] and r["mode"] == "eager")
-    eager_eval_7b = next(r for r in vllm if r["shape"] == issue["shape"] and r["stage"] == "evaluate")
-    p = _shape_params(issue["shape"])
-    gain = issue["tokens_per_s_per_request_seeds"] / eager_7b["tokens_per_s"]
-    m.compiled_speedup.setdefault(issue["shape"], (p, gain))
-    m.compile_cold.setdefault(issue["shape"], (p, issue["engine_start_cold_s"] - eager_7b["engine_start_s"]))
-    m.compile_warm_s = issue["engine_start_warm_lora_s"] - eager_eval_7b["engine_start_s"]
     m.hashed_factor = hashed_factors(need(VLLM_HASHED))
     start_runs = need(START_METHODS)
     starts = {method: [r["engine_start_s"] + r["close_s"] for r in start_runs
                        if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
     m.fork_saving_s = statistics.mean(starts["spawn"]) - statistics.mean(starts["fork"])
+    m.compile_warm_s = compile_warm(need(JOB_COMPILED), m)
     m.job_import_s = statistics.mean(r["import_vllm_s"] for r in start_runs
                                      if r.get("method") == "fork" and "error" not in r)
     loads = [r for r in need(JOB_LOADS) if "error" not in r]
@@ -332,12 +326,26 @@ def async_gains(records: list[dict]) -> dict[str, tuple[float, float]]:
     return gains
 
 
+def compile_warm(jobs: list[dict], m: Measurements) -> float:
+    """A compiled engine's start and close in a forked job with the compile cache filled, less the
+    eager start and close the model takes for that shape (its spawned record less the fork saving)."""
+    runs = [r for r in jobs if "error" not in r and not r["enforce_eager"] and r["method"] == "fork"]
+    if not runs:
+        raise ValueError(f"{JOB_COMPILED} holds no forked compiled job: the warm compile start is unmeasured")
+    eager = by_params(m.start_generate, _shape_params(runs[0]["shape"]), beyond="flat").value - m.fork_saving_s
+    return statistics.mean(r["engine_start_s"] + r["close_s"] for r in runs) - eager
+
+
 def hashed_factors(records: list[dict]) -> dict[str, tuple[float, float]]:
     """Per shape: a generation's time drawn by the hashed sampler over the same prompts drawn by vLLM's
     per-request generators in an engine without the sampler's processor (which costs the engine a
-    little even where no request uses it), at the same mode and batch."""
+    little even where no request uses it), at the same mode and batch. Only hashed passes that began
+    with an empty prefix cache count: before the eleventh session the hashed pass followed a pass over
+    the same prompts in the same engine and skipped most of their prefill, which a job, seeing each
+    prompt once, never does (the plain per-request pass is an engine's first, so always fair)."""
     factors = {}
-    for hashed in (r for r in records if "error" not in r and r.get("seeds") == "hashed"):
+    for hashed in (r for r in records if "error" not in r and r.get("seeds") == "hashed"
+                   and r.get("prefix_cache_reset_between_passes")):
         plain = [r for r in records if "error" not in r and r.get("seeds") == "per_request"
                  and not r.get("hashed_sampler_loaded") and r["shape"] == hashed["shape"]
                  and r["mode"] == hashed["mode"] and r["max_num_seqs"] == hashed["max_num_seqs"]]
@@ -425,9 +433,10 @@ def assumptions(m: Measurements) -> list[str]:
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
         f"max_tokens allows; no top-up (min_rows 0); per-request seeds; vLLM 0.26 on one H200 "
         f"({VLLM_EAGER})",
-        "sizing hashed_sampling, where the sizing turns it on for generation: the generation time x the hashed "
-        "sampler's time over vLLM's per-request generators in an engine without its processor, same prompts, "
-        f"mode and batch, one session ({VLLM_HASHED}: " + ", ".join(
+        "sizing hashed_sampling, where the sizing turns it on for generation (profiles/b200: nowhere): the "
+        "generation time x the hashed sampler's time over vLLM's own seeded sampler in an engine without its "
+        "processor, same prompts, mode and batch, one session, each pass from an empty prefix cache "
+        f"({VLLM_HASHED}: " + ", ".join(
             f"{s} x {v:.2f}" for s, (_, v) in sorted(m.hashed_factor.items(), key=lambda i: i[1][0]))
         + "), interpolated by parameters, flat beyond; evaluation keeps the per-request rate",
         "compiled engines (enforce_eager false): the eager rate x the compiled speedup measured at the same "
@@ -437,8 +446,8 @@ def assumptions(m: Measurements) -> list[str]:
         "an engine start longer by the measured compile time for the first job of a size and stage (empty "
         "compile cache: " + ", ".join(f"{s} +{v:.0f} s" for s, (_, v) in sorted(m.compile_cold.items(),
                                                                              key=lambda i: i[1][0])) +
-        f"), by {m.compile_warm_s:.0f} s for the later ones (7b with the cache filled, from issue 11's figures, "
-        f"{VLLM_COMPILED}; at most the cold figure)",
+        f"), by {m.compile_warm_s:.0f} s for the later ones (7b's compiled generate jobs, forked, with the "
+        f"cache filled, against the eager start the model takes at 7b, {JOB_COMPILED}; at most the cold figure)",
         f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
