@@ -338,8 +338,8 @@ def compile_warm(jobs: list[dict], m: Measurements) -> float:
 
 def hashed_factors(records: list[dict]) -> dict[str, tuple[float, float]]:
     """Per shape: a generation's time drawn by the hashed sampler over the same prompts drawn by vLLM's
-    per-request generators in an engine without the sampler's processor (which costs the engine a
-    little even where no request uses it), at the same mode and batch. Only hashed passes that began
+    own seeded sampler in an engine without the hashed sampler's processor (which puts the engine on
+    vLLM's V1 model runner), at the same mode and batch. Only hashed passes that began
     with an empty prefix cache count: before the eleventh session the hashed pass followed a pass over
     the same prompts in the same engine and skipped most of their prefill, which a job, seeing each
     prompt once, never does (the plain per-request pass is an engine's first, so always fair)."""

@@ -1,11 +1,14 @@
 """Seeded sampling noise that is a pure function of (request seed, token position, token id).
 
-vLLM samples a seeded request with its own torch.Generator, one small kernel per request and step:
-at 512 sequences that loop made a 14b generation 1.7x slower on an H200 (benchmarks/README.md). Here
-every seeded row gets its noise from a counter-based hash in one pass over the batch, and the token is
-the Gumbel-max draw argmax(logits / T + G): exactly a sample of softmax(logits / T), as vLLM's
-exponential race is. A token's noise does not depend on the batch it shares, the row it sits in or
-the engine's scheduling, so a rerun draws the same tokens wherever it ran the same logits.
+vLLM 0.26's V1 model runner samples a seeded request with its own torch.Generator, one small kernel
+per request and step (5 ms a step for 512 seeded rows against 0.75 ms without seeds, on an H200). Its
+V2 runner, which vLLM uses unless a custom logits processor is loaded, draws seeded rows in one kernel
+too; there this sampler is slower, since it needs such a processor (benchmarks/README.md, "Eleventh
+session"; profiles/b200 leaves it off). Here every seeded row gets its noise from a counter-based hash
+in one pass over the batch, and the token is the Gumbel-max draw argmax(logits / T + G): exactly a
+sample of softmax(logits / T), as vLLM's exponential race is. A token's noise does not depend on the
+batch it shares, the row it sits in or the engine's scheduling, so a rerun draws the same tokens
+wherever it ran the same logits.
 
 The hash is Wellons' lowbias32 on 32-bit words; a row's two keys come from (seed, position) by two
 different mixes, so two rows share their noise only if both keys collide (~2^-64). The uniform has

@@ -156,7 +156,7 @@ class VLLMBackend:
         """What draws this sampling's tokens, for the provenance files."""
         if self.hashed_sampling and hashed_sampling_applies(sampling):
             return "sublim.hashed_noise: Gumbel-max on a hash of (request seed, position, token)"
-        return "vLLM: one torch generator per request"
+        return "vLLM's own sampler, seeded per request"
 
     def _lora(self, adapter: str | None):
         if adapter is None:
