@@ -209,3 +209,40 @@ def test_the_engine_process_dies_with_a_killed_job(tmp_path, method):
     while alive(engine) and time.time() < deadline:
         time.sleep(0.1)
     assert not alive(engine), f"the {method}ed engine outlived its killed job"
+
+
+OPENMP_BEFORE_FORK = """
+    import multiprocessing, os, sys
+    import torch
+    from sublim.process import prepare_engine_processes
+
+    def engine(done_file):
+        torch.ones(10_000_000).add_(1)  # a parallel region in the forked engine
+        open(done_file, "w").write("done")
+
+    if __name__ == "__main__":
+        torch.set_num_threads(2)
+        torch.ones(10_000_000).add_(1)  # the job's own parallel region before its engine starts
+        if sys.argv[2] == "job":
+            assert prepare_engine_processes() == "fork"
+        child = multiprocessing.get_context("fork").Process(target=engine, args=(sys.argv[1],))
+        child.start()
+        child.join(20)
+        if child.is_alive():
+            child.kill()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method and GNU OpenMP")
+@pytest.mark.parametrize("setup", ["job", "bare_fork"])
+def test_a_forked_engine_does_not_wait_on_the_jobs_openmp_pool(tmp_path, setup):
+    """torch's GNU OpenMP pool is copied by a fork without its threads: after the parent ran a parallel
+    region, a bare forked child's next one waits forever (the control); the job's fork setup keeps
+    the engine's torch to one thread, and it finishes."""
+    script, done_file = tmp_path / "job.py", tmp_path / "engine.done"
+    script.write_text(textwrap.dedent(OPENMP_BEFORE_FORK))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "VLLM_WORKER_MULTIPROC_METHOD")}
+    done = subprocess.run([sys.executable, str(script), str(done_file), setup],
+                          env={**env, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done_file.exists() == (setup == "job")

@@ -10,6 +10,12 @@ own record decides. Either way the engine dies with the job when the job is kill
 preemption, SIGKILL) instead of holding the GPU's memory: a forked engine through the fork hook set
 here, a spawned one (which imports the job's script again as `__mp_main__`) through
 `die_with_parent_if_spawned(__name__)` in the scripts.
+
+A fork copies GNU OpenMP's thread pool without its threads: where the job's process had run a torch
+parallel region (any CPU op on a large tensor with more than one thread), the forked engine's next
+parallel region waited forever for threads it did not have (a 7b engine on the H200, ninth session;
+reproduced on CPU in tests/test_job_processes.py). So a forked engine runs torch on one CPU thread, as
+vLLM runs its multiprocess GPU workers', which takes its regions off the pool.
 """
 
 from __future__ import annotations
@@ -64,10 +70,19 @@ def prepare_engine_processes() -> str:
                     "and a forked engine could not use it")
     os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
     if method == "fork" and not _fork_hook_set:
-        os.register_at_fork(after_in_child=die_with_parent)
+        os.register_at_fork(after_in_child=forked_engine_setup)
         _fork_hook_set = True
     log.info("vLLM's engine process is %s", "forked" if method == "fork" else "spawned")
     return method
+
+
+def forked_engine_setup() -> None:
+    """In a process forked from the job: die with the job, and keep torch to one CPU thread so that
+    no parallel region waits on the job's OpenMP pool, whose threads the fork did not copy."""
+    die_with_parent()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def die_with_parent() -> bool:
