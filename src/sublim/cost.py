@@ -433,7 +433,7 @@ def assumptions(m: Measurements) -> list[str]:
         f"as the realistic mean completion (Qwen writes ~10 three-digit numbers: ~40-50 tokens), whatever "
         f"max_tokens allows; no top-up (min_rows 0); per-request seeds; vLLM 0.26 on one H200 "
         f"({VLLM_EAGER})",
-        "sizing hashed_sampling, where the sizing turns it on for generation (profiles/b200: nowhere): the "
+        "sizing hashed_sampling, where the sizing turns it on for generation: the "
         "generation time x the hashed sampler's time over vLLM's own seeded sampler in an engine without its "
         "processor, same prompts, mode and batch, one session, each pass from an empty prefix cache "
         f"({VLLM_HASHED}: " + ", ".join(
