@@ -613,18 +613,22 @@ def cells_per_size(config: dict) -> int:
     return len(config["conditions"]) * len(config["runs"])
 
 
+def first_engine_extra_card_s(config: dict, size: str, m: Measurements) -> dict[str, float]:
+    """Per rule: what the first compiled engine of a size and stage adds to its job's start, since it
+    fills the compile cache that the size's later jobs of that stage read (their start counts 'warm')."""
+    sizing = sizing_for(config, size)
+    gpus = max(1, int(sizing["gpus"]))
+    _, cold, warm = compiled_figures(m, config["models"][size]["params_b"])
+    return {stage: (cold.value - warm) * gpus for stage in ("generate", "evaluate") if not _eager(sizing, stage)}
+
+
 def size_cost(config: dict, size: str, m: Measurements) -> SizeCost:
     jobs, cells = cell_jobs(config, size, m), cells_per_size(config)
     card_s = dict.fromkeys(STAGES, 0.0)
     for name, job in jobs.items():
         for stage, seconds in job.card_s.items():
             card_s[stage] += seconds * (1 if name == "evaluate_base" else cells)
-    sizing = sizing_for(config, size)
-    gpus = max(1, int(sizing["gpus"]))
-    _, cold, warm = compiled_figures(m, config["models"][size]["params_b"])
-    for stage in ("generate", "evaluate"):  # the first compiled engine of the size fills the cache
-        if not _eager(sizing, stage):
-            card_s["engine_start"] += (cold.value - warm) * gpus
+    card_s["engine_start"] += sum(first_engine_extra_card_s(config, size, m).values())
     basis = {what: text for job in jobs.values() for what, text in job.basis.items()}
     return SizeCost(size, config["models"][size]["params_b"], cells, card_s,
                     max(job.wall_s for job in jobs.values()), basis)

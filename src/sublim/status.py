@@ -217,6 +217,14 @@ def projected_card_s(config: dict, m: cost.Measurements | None) -> dict[tuple[st
             for rule, job in cost.cell_jobs(config, size, m).items()}
 
 
+def first_engine_card_s(config: dict, m: cost.Measurements | None) -> dict[tuple[str, str], float]:
+    """(rule, size) -> what the size's first job of the rule adds by filling the compile cache."""
+    if m is None:
+        return {}
+    return {(rule, size): extra for size in config["sizes"]
+            for rule, extra in cost.first_engine_extra_card_s(config, size, m).items()}
+
+
 def _h(seconds: float) -> str:
     return f"{seconds / 3600:,.1f}"
 
@@ -292,8 +300,11 @@ def gpu_lines(config: dict, expected: list[Job], done: dict[Job, float], m: cost
     for rule in GPU_RULES:
         planned = sum(projected.get((j.rule, j.size), 0) for j in done if j.rule == rule)
         ratio[rule] = spent[rule] / planned if planned and spent[rule] else 1.0
-    total_projected = sum(projected.get((j.rule, j.size), 0) for j in gpu_jobs)
+    first = first_engine_card_s(config, m)
+    total_projected = sum(projected.get((j.rule, j.size), 0) for j in gpu_jobs) + sum(first.values())
     left = sum(projected.get((j.rule, j.size), 0) * ratio[j.rule] for j in gpu_jobs if j not in done)
+    left += sum(extra * ratio[rule] for (rule, size), extra in first.items()
+                if not any(j.rule == rule and j.size == size for j in done))
     lines.append("GPU-hours (card-hours), spent by finished jobs against projected (sublim.cost):")
     for rule in GPU_RULES:
         finished = [j for j in done if j.rule == rule]
