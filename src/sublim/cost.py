@@ -303,9 +303,9 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     starts = {method: [r["engine_start_s"] + r["close_s"] for r in start_runs
                        if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
     m.fork_saving_s = statistics.mean(starts["spawn"]) - statistics.mean(starts["fork"])
-    m.compile_warm_s = compile_warm(need(JOB_COMPILED), m)
     m.job_import_s = statistics.mean(r["import_vllm_s"] for r in start_runs
                                      if r.get("method") == "fork" and "error" not in r)
+    m.compile_warm_s = compile_warm(need(JOB_COMPILED), m)
     loads = [r for r in need(JOB_LOADS) if "error" not in r]
     m.train_import_s = statistics.mean(r["import_s"] for r in loads)
     for shape in {r["shape"] for r in loads if r.get("load_s") is not None}:
@@ -328,11 +328,12 @@ def async_gains(records: list[dict]) -> dict[str, tuple[float, float]]:
 
 def compile_warm(jobs: list[dict], m: Measurements) -> float:
     """A compiled engine's start and close in a forked job with the compile cache filled, less the
-    eager start and close the model takes for that shape (its spawned record less the fork saving)."""
+    eager start and close the model takes for that shape (an eager generate job's engine start, less
+    the job's import of vLLM, which the runs time apart)."""
     runs = [r for r in jobs if "error" not in r and not r["enforce_eager"] and r["method"] == "fork"]
     if not runs:
         raise ValueError(f"{JOB_COMPILED} holds no forked compiled job: the warm compile start is unmeasured")
-    eager = by_params(m.start_generate, _shape_params(runs[0]["shape"]), beyond="flat").value - m.fork_saving_s
+    eager = _engine_start(m, m.start_generate, _shape_params(runs[0]["shape"]), eager=True)[0] - m.job_import_s
     return statistics.mean(r["engine_start_s"] + r["close_s"] for r in runs) - eager
 
 
@@ -614,8 +615,9 @@ def cells_per_size(config: dict) -> int:
 
 
 def first_engine_extra_card_s(config: dict, size: str, m: Measurements) -> dict[str, float]:
-    """Per rule: what the first compiled engine of a size and stage adds to its job's start, since it
-    fills the compile cache that the size's later jobs of that stage read (their start counts 'warm')."""
+    """Per stage (the rule of that name): what the first compiled engine of a size and stage adds to
+    its job's start, since it fills the compile cache that the size's later jobs of that stage read
+    (their start counts 'warm')."""
     sizing = sizing_for(config, size)
     gpus = max(1, int(sizing["gpus"]))
     _, cold, warm = compiled_figures(m, config["models"][size]["params_b"])
