@@ -11,7 +11,8 @@ CUDA and spawns otherwise (sublim.process). Each run here is a fresh process doi
 With `--backend transformers` the evaluate job runs as the transformers backend would run it instead
 (no engine process: import transformers and PEFT, load the model's random bf16 weights from files onto
 the GPU, or with `--random-weights` build them there, add the 10 adapters, answer, free the model).
-Runs go in the order given, each a fresh process, so a first run's one-time kernel JIT and compile
+Method `inproc` runs vLLM's engine core in the job's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0):
+no engine process to start, hand requests to and shut down. Runs go in the order given, each a fresh process, so a first run's one-time kernel JIT and compile
 cache fill show as an outlier and the later runs are a grid's steady state. `--capture-sizes` sets
 vLLM's CUDA-graph capture sizes (a compiled engine's start captures one graph per size and mode).
 
@@ -58,8 +59,11 @@ def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool
     entered = time.time()
     import sublim.process
 
-    # the backend's own choice, from a user's setting: spawn stays, fork holds while CUDA is untouched
-    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+    # the backend's own choice, from a user's setting: spawn stays, fork holds while CUDA is untouched;
+    # inproc: no engine process at all, vLLM's engine core runs in the job's own process
+    if method == "inproc":
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork" if method == "inproc" else method
     sublim.process.prepare_engine_processes()
     from vllm_shapes import eval_calls, lora_folders, model_folder
 
@@ -77,7 +81,7 @@ def child(method: str, shape: str, models: Path, launched_unix: float, cpu: bool
     backend = VLLMBackend(str(model_folder(shape, models)), sizing, adapters, stage)
     ready = time.perf_counter()
     # vLLM switches to spawn itself (and says so in this variable) when it finds CUDA initialised
-    in_effect = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
+    in_effect = "inproc" if method == "inproc" else os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
     if stage == "evaluate":
         _, calls = eval_calls(adapters, 100)
         sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=8)
