@@ -31,7 +31,12 @@ START=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 mkdir -p "$OUT"
-note() { echo "$(($(date +%s) - START)) s: $*" >> "$OUT/status.txt"; }
+# After every step, one archive of the records so far (a device call brings back at most 8 files: a
+# follower copies OUTDIR/records.tgz alone; the twelfth session lost its later records to that limit)
+note() {
+  echo "$(($(date +%s) - START)) s: $*" >> "$OUT/status.txt"
+  (cd "$OUT" && tar czf records.tgz.part $(ls ./*.json ./*.txt shapes/*.json 2>/dev/null) && mv records.tgz.part records.tgz)
+}
 
 note "start"
 # locks/cuda.txt's versions of the libraries the image has older copies of (/tmp/stage/lock, installed
