@@ -23,7 +23,8 @@
 # (after PROFILES: a shape for sync_debug.py, the training step's waits for the GPU and their stacks),
 # HF_EVAL (before START_PLAN: space-separated SHAPE[:random] evaluate jobs of the transformers backend,
 # two runs each, engine_start_method.py --backend transformers; random: weights built on the GPU, not
-# loaded, for shapes whose 65 GB of safetensors do not fit the disk).
+# loaded, for shapes whose 65 GB of safetensors do not fit the disk), VARLEN=1 (first: check_varlen.py,
+# the training attention's FlashAttention varlen paths against a float64 reference, and their times).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -35,7 +36,8 @@ mkdir -p "$OUT"
 # follower copies OUTDIR/records.tgz alone; the twelfth session lost its later records to that limit)
 note() {
   echo "$(($(date +%s) - START)) s: $*" >> "$OUT/status.txt"
-  (cd "$OUT" && tar czf records.tgz.part $(ls ./*.json ./*.txt shapes/*.json 2>/dev/null) && mv records.tgz.part records.tgz)
+  (cd "$OUT" && tar czf records.tgz.part $(ls ./*.json ./*.txt ./*.log shapes/*.json shapes/*.log 2>/dev/null) \
+      && mv records.tgz.part records.tgz)
 }
 
 note "start"
@@ -57,6 +59,10 @@ if ls /tmp/stage/lock/*.whl > /dev/null 2>&1; then
 fi
 { nvidia-smi; echo "PYTHONPATH=$PYTHONPATH"; python3 -m pip list 2>/dev/null; python3 -c "import vllm, torch, trl, snakemake, transformers, peft, numpy, bitsandbytes as b; print(vllm.__version__, torch.__version__, trl.__version__, snakemake.__version__, transformers.__version__, peft.__version__, numpy.__version__, b.__version__)"; } > "$OUT/env.txt" 2>&1
 
+if [ "${VARLEN:-0}" != 0 ]; then
+  timeout 300 python3 benchmarks/check_varlen.py --json "$OUT/varlen_check.json" > "$OUT/varlen.log" 2>&1
+  note "varlen check rc=$?"
+fi
 for run in ${TRAIN_PLAN:-}; do
   IFS=: read -r shape configs processes steps <<< "$run"
   name="train_${shape}_x${processes}_$(echo "$configs" | tr -c 'a-zA-Z0-9._\n-' '_')"

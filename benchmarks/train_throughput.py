@@ -18,6 +18,7 @@ Qwen2 module globally, so list Liger configurations after the ones without.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import importlib.util
@@ -78,7 +79,49 @@ def config_spec(shape: str, name: str) -> dict:
     spec = workflow_config(shape) if base == "workflow" else CONFIGS[base]
     changes = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)}
     batch = changes.pop("effective_batch", None)  # a whole-job batch, e.g. K conditions' 60 rows at once
-    return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {})}
+    # the harness's own switch, not a sizing key: the shared-prefix attention as it was until the
+    # thirteenth session, for a before/after pair in one process
+    gathered = changes.pop("gathered_queries", False)
+    return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
+            **({"gathered_queries": True} if gathered else {})}
+
+
+def gathered_queries_attention(trainer) -> contextlib.AbstractContextManager:
+    """The shared-prefix attention until the thirteenth session: queries, keys and values gathered to
+    the whole rows (keys and values repeated to the query heads where torch's varlen_attn has no GQA
+    flag, as torch 2.11's), square causal rows, and the outputs gathered back to the shared layout."""
+    from sublim import attention, shared_prefix
+
+    current = attention.varlen_attention_forward
+
+    def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        expand = kwargs.get("shared_prefix_expand")
+        if expand is None:
+            return current(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        q, k, v = (t[0].transpose(0, 1).index_select(0, expand) for t in (query, key, value))
+        if "enable_gqa" not in attention._VARLEN_PARAMS:
+            k, v = (attention._repeat_kv(t, q.shape[1] // t.shape[1], 1) for t in (k, v))
+        cu_seq = kwargs["cu_seq_lens_q"].to(device=q.device, dtype=torch.int32)
+        max_len = int(kwargs["max_length_q"])
+        out = attention._torch_varlen_attn(q, k, v, cu_seq, cu_seq, max_len, max_len, window_size=(-1, 0),
+                                           scale=scaling)
+        return out.index_select(0, kwargs["shared_prefix_output"])[None], None
+
+    def collate(examples):  # where each shared position's output is among the whole rows' (the old key)
+        batch = shared_prefix.share_prefix(collator.collator(examples))
+        if "shared_prefix_cu_seq_q" in batch:
+            ends, own = batch["cu_seq_lens_q"][1:].tolist(), batch["shared_prefix_cu_seq_q"].diff().tolist()
+            batch["shared_prefix_output"] = torch.cat([torch.arange(end - n, end) for end, n in zip(ends, own)])
+        return batch
+
+    collator = trainer.data_collator
+    stack = contextlib.ExitStack()
+    from transformers import AttentionInterface
+    AttentionInterface.register(attention.VARLEN, forward)
+    stack.callback(AttentionInterface.register, attention.VARLEN, current)
+    trainer.data_collator = collate
+    stack.callback(setattr, trainer, "data_collator", collator)
+    return stack
 
 
 def protocol_training() -> dict:
@@ -163,9 +206,10 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
     micro = trainer.args.per_device_train_batch_size
     first_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(micro)])
     torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - start
+    with gathered_queries_attention(trainer) if spec.get("gathered_queries") else contextlib.nullcontext():
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
     seconds = clock.times[-1] - clock.times[warmup - 1]
     to_unix = time.time() - time.perf_counter()
     tokens = row_tokens.mean() * training["effective_batch"] * steps
@@ -189,6 +233,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         # tokens a micro-batch's rows share and compute once (sizing shared_prefix; 0 without)
         "shared_prefix_length": int(first_batch.get("shared_prefix_length", 0)), "micro_batch": micro,
         "mps_client": mps_client(),
+        "shared_prefix_attention": "gathered queries (until the thirteenth session)" if spec.get("gathered_queries")
+        else "queries in place, keys and values gathered",
     }
     del trainer
     gc.collect()

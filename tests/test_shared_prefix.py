@@ -41,8 +41,8 @@ def test_share_prefix_lays_out_one_prefix_and_each_remainder():
     whole = shared["input_ids"][0][shared["shared_prefix_expand"]]
     assert whole.tolist() == sum(rows, [])
     assert torch.equal(shared["cu_seq_lens_q"], packed(rows)["cu_seq_lens_q"])
-    # every shared position's output comes from a whole-row position holding the same token
-    assert torch.equal(whole[shared["shared_prefix_output"]], shared["input_ids"][0])
+    # the queries: row 0 whole (the prefix is its), then each remainder
+    assert shared["shared_prefix_cu_seq_q"].tolist() == [0, 6, 8, 12] and shared["shared_prefix_max_q"] == 6
     assert shared["shared_prefix_repeated_labels"] == 2 * 3  # labels 2, 3, 4 twice more
     assert shared_prefix.row_tokens(12, shared) == sum(map(len, rows))
 
@@ -141,3 +141,19 @@ def test_shared_prefix_is_not_used_where_the_loss_would_miscount(tmp_path, caplo
                             {**SHARED, "lazy_metrics": False}, seed=1, checkpoint_dir=tmp_path / "ckpt")
     assert not isinstance(trainer.data_collator, shared_prefix.SharedPrefixCollator)
     assert "shared_prefix: true does not apply here (it needs lazy_metrics: true" in caplog.text
+
+
+def test_a_rows_last_queries_attend_as_in_the_whole_row():
+    """Queries fewer than a row's keys are the row's last positions (the causal mask aligned to the
+    row's end): the same outputs as those positions of the whole rows. Aligned to the row's start,
+    the remainders would see no prefix at all."""
+    torch.manual_seed(0)
+    lengths, own, heads, kv_heads, dim = [7, 5, 9], [7, 2, 4], 4, 2, 8
+    total = sum(lengths)
+    query, key, value = torch.randn(total, heads, dim), torch.randn(total, kv_heads, dim), torch.randn(total, kv_heads, dim)
+    cu_k = torch.tensor(np.cumsum([0] + lengths), dtype=torch.int32)
+    whole = attention.varlen_attention(query, key, value, cu_k, max(lengths))
+    last = torch.cat([torch.arange(end - n, end) for end, n in zip(cu_k[1:].tolist(), own)])
+    cu_q = torch.tensor(np.cumsum([0] + own), dtype=torch.int32)
+    out = attention.varlen_attention(query[last], key, value, cu_q, max(own), cu_seq_k=cu_k, max_len_k=max(lengths))
+    torch.testing.assert_close(out, whole[last])

@@ -4,8 +4,8 @@ Every student row opens with the same tokens: the chat template's default system
 user turn's opening (23 shared tokens of a ~138-token row for Qwen2.5). In a causal model those positions see
 only each other, so their hidden states, keys and values are identical in every row of a batch.
 `share_prefix` turns TRL's padding-free batch of K rows into one sequence holding that prefix
-once, followed by each row's remainder, and `shared_prefix_expand` / `shared_prefix_output` let the attention
-(sublim.attention) give every remainder the prefix's keys and values. The linear layers, the bulk
+once, followed by each row's remainder, and `shared_prefix_expand` / `shared_prefix_cu_seq_q` let the
+attention (sublim.attention) give every remainder the prefix's keys and values. The linear layers, the bulk
 of a step, then run over T - (K - 1)·P tokens instead of T.
 
 Forward values are those of the K rows; gradients too, since the prefix's single copy receives the
@@ -50,8 +50,9 @@ def share_prefix(batch: dict) -> dict:
       (the token before it belongs to another row; the prefix's last position predicts it);
     - cu_seq_lens_q/k and max_length_q/k of the K whole rows (attention runs over those);
     - shared_prefix_expand: for each position of the K whole rows, its index in the shared
-      sequence; shared_prefix_output: for each position of the shared sequence, where its output
-      is among the whole rows' (the prefix: row 0's);
+      sequence (where the attention gathers a row's keys and values);
+    - shared_prefix_cu_seq_q and shared_prefix_max_q: the rows' own positions in the shared
+      sequence (the first row's include the prefix), the attention's queries;
     - shared_prefix_length P and shared_prefix_copies K (the loss weight), and
       shared_prefix_repeated_labels: the labels the whole rows count beyond this batch's (the
       prefix's, K - 1 more times), which the loss's normaliser adds.
@@ -68,19 +69,20 @@ def share_prefix(batch: dict) -> dict:
     rest_labels = [row[prefix:].clone() for row in labels]
     for row in rest_labels[1:]:
         row[0] = -100
-    expand, output, rest_start = [], list(range(prefix)), prefix
+    expand, rest_start = [], prefix
     for row in ids:
         rest = len(row) - prefix
-        output.extend(range(len(expand) + prefix, len(expand) + prefix + rest))
         expand.extend(range(prefix))
         expand.extend(range(rest_start, rest_start + rest))
         rest_start += rest
+    own = [len(ids[0])] + [len(row) - prefix for row in ids[1:]]  # the queries of each row
     shared = {key: value for key, value in batch.items() if key not in ("seq_idx",)}
     shared["input_ids"] = torch.cat([ids[0][:prefix]] + [row[prefix:] for row in ids])[None]
     shared["labels"] = torch.cat([labels[0][:prefix]] + rest_labels)[None]
     shared["position_ids"] = torch.cat([torch.arange(prefix)] + [torch.arange(prefix, len(row)) for row in ids])[None]
     shared["shared_prefix_expand"] = torch.tensor(expand)
-    shared["shared_prefix_output"] = torch.tensor(output)
+    shared["shared_prefix_cu_seq_q"] = torch.tensor([0] + own, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    shared["shared_prefix_max_q"] = max(own)
     shared["shared_prefix_length"], shared["shared_prefix_copies"] = prefix, len(ids)
     # the fused LM head's shifted positions 0..P-1 predict labels 1..P
     shared["shared_prefix_repeated_labels"] = (len(ids) - 1) * int((shared["labels"][0, 1:prefix + 1] != -100).sum())
