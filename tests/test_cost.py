@@ -91,7 +91,9 @@ def test_the_training_rates_are_without_bitsandbytes_waits(m):
     assert set(m.async_gain) == {"7b", "14b", "32b"}
     assert all(1.05 < gain < 1.2 for _, gain in m.async_gain.values())
     # 32b's record is the profile's whole configuration: 8-bit AdamW without the waits
-    assert cost.TRAIN_ALONE["32b"] == (cost.TRAIN_ASYNC, "workflow", "adamw_8bit")
+    assert cost.TRAIN_ALONE["32b"] == (cost.TRAIN_WORKFLOW, "workflow", "adamw_8bit")
+    (run,) = records_of(cost.TRAIN_WORKFLOW, "32b", "workflow")
+    assert run["sizing"]["async_8bit_optimizer"] and run["sizing"]["shared_prefix"]
     assert 0.5 < m.job_import_s < 20  # a vLLM job's own import, counted in its engine start
 
 
@@ -102,7 +104,7 @@ def records_of(name: str, shape: str, config: str) -> list[dict]:
 def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, m, steps):
     """7b-32b's records ran profiles/b200's configuration as it is: the profile's trainings cost those
     records' rate, carried to rows of TOKENS_PER_ROW tokens; m.train_alone holds it without the levers."""
-    (run,) = records_of(cost.TRAIN_ASYNC, "32b", "workflow")
+    (run,) = records_of(cost.TRAIN_WORKFLOW, "32b", "workflow")
     assert run["sizing"]["shared_prefix"] and run["sizing"]["fused_lora"] and run["sizing"]["async_8bit_optimizer"]
     per_token = cost.train_job(grid, "32b", steps).card_s["train"] / cost.train_tokens(grid["protocol"])
     assert 1 / per_token == pytest.approx(run["tokens_per_s"] * cost.row_gain(run, cost.TOKENS_PER_ROW))
@@ -249,9 +251,40 @@ def test_grid_totals_add_up(grid, m):
     jobs = cost.cell_jobs(grid, "7b", m)
     seven = next(s for s in result.sizes if s.size == "7b")
     per_cell = sum(jobs[r].total_card_s for r in ("generate", "train", "evaluate"))
-    _, cold, warm = cost.compiled_figures(m, grid["models"]["7b"]["params_b"])
-    first_compile = cold.value - warm  # generation is compiled: its first job of the size fills the cache
-    assert seven.total_card_s == pytest.approx(48 * per_cell + jobs["evaluate_base"].total_card_s + first_compile)
+    # generation captures CUDA graphs without torch.compile: no first job fills a compile cache
+    assert cost.first_engine_extra_card_s(grid, "7b", m) == {}
+    assert seven.total_card_s == pytest.approx(48 * per_cell + jobs["evaluate_base"].total_card_s)
+
+
+def test_cuda_graphs_alone_start_later_than_eager_and_sample_at_the_compiled_rate(grid, m):
+    """profiles/b200 generates with CUDA graphs and no torch.compile (engine_torch_compile: false): every
+    job's engine starts the measured seconds after an eager one, nothing is compiled for a size's first
+    job, and the work is the compiled engine's x the same session's ratio of the two."""
+    assert set(m.graphs_factor) == {"0.5b", "3b", "7b", "14b"}
+    assert all(0.9 < v < 1.1 for _, v in m.graphs_factor.values())
+    # 7b's pair only: 0.5b's graphs engine was its machine's first (vLLM's one-time kernel JIT)
+    runs = {r["mode"]: r for r in json.loads((RECORDS / cost.VLLM_GRAPHS).read_text())
+            if r["shape"] == "7b" and r["seeds"] == "per_request"}
+    assert m.graphs_start_s == pytest.approx(sum(runs["graphs"][k] - runs["eager"][k]
+                                                 for k in ("engine_start_s", "engine_close_s")))
+    assert 0 < m.graphs_start_s < m.compile_warm_s
+    default = grid["sizing"]["default"]
+    compiled = {**grid, "sizing": {**grid["sizing"], "default": {**default, "engine_torch_compile": True}}}
+    eager = {**grid, "sizing": {**grid["sizing"], "default": {**default, "enforce_eager": True}}}
+    assert cost.engine_mode(cost.sizing_for(grid, "7b"), "generate") == "graphs"
+    assert cost.engine_mode(cost.sizing_for(grid, "7b"), "evaluate") == "eager"
+    for size in ("0.5b", "7b", "14b"):
+        graphs, torch_compiled = cost.generate_job(grid, size, m), cost.generate_job(compiled, size, m)
+        ratio = cost.by_params(m.graphs_factor, grid["models"][size]["params_b"], beyond="flat").value
+        assert graphs.card_s["generate"] == pytest.approx(torch_compiled.card_s["generate"] * ratio), size
+        started = {name: cost.generate_job(config, size, m).card_s["engine_start"]
+                   for name, config in (("eager", eager), ("graphs", grid), ("compiled", compiled))}
+        assert started["graphs"] - started["eager"] == pytest.approx(m.graphs_start_s), size
+        assert started["compiled"] - started["eager"] == pytest.approx(cost.compiled_figures(
+            m, grid["models"][size]["params_b"])[2]), size
+        assert set(cost.first_engine_extra_card_s(compiled, size, m)) == {"generate"}
+    with pytest.raises(ValueError, match="needs a graphs engine"):
+        cost.graphs_figures([r for r in json.loads((RECORDS / cost.VLLM_GRAPHS).read_text()) if r["mode"] != "eager"])
 
 
 def test_72b_fits_a_b200_or_two_h200s_not_one_h200(grid):

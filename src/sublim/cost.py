@@ -44,11 +44,12 @@ TRAIN_ALONE = {  # one training on the card: record, configuration, the optimize
     "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "3b": ("train_3b_third_session.json", "workflow", "adamw_torch_fused"),
-    # profiles/b200's whole configuration as it is (shared prefix, fused LoRA, 8-bit AdamW without
-    # waits; 32b: 30 rows): the newest record of each, in pairs with the waits in the same process
-    "7b": ("train_async_optimizer_ninth_session.json", "workflow", "adamw_8bit"),
-    "14b": ("train_async_optimizer_ninth_session.json", "workflow", "adamw_8bit"),
-    "32b": ("train_async_optimizer_ninth_session.json", "workflow", "adamw_8bit"),
+    # profiles/b200's whole configuration as it is (shared prefix with the queries in place, fused
+    # LoRA, 8-bit AdamW without waits; 32b: 30 rows): the newest record of each, in pairs with the
+    # shared-prefix attention before it in the same process
+    "7b": (TRAIN_WORKFLOW := "train_attention_thirteenth_session.json", "workflow", "adamw_8bit"),
+    "14b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
+    "32b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
 }
 TRAIN_PACKED = {  # four trainings on one card under MPS (gpu_share 0.25): tokens/s of the whole card
     "0.5b": "concurrent_0.5b_x4_sublim_mps*.json",
@@ -69,6 +70,9 @@ VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
 # compiled engine start adds over an eager one once a size's first job has filled the cache
 JOB_COMPILED = "engine_start_compiled_7b_eleventh_session.json"
+# engines with CUDA graphs and without torch.compile (sizing engine_torch_compile false) against compiled
+# and eager ones: same session, prompts and batch
+VLLM_GRAPHS = "vllm_graphs_thirteenth_session.json"
 START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
 # fresh processes importing torch, transformers and PEFT and loading a model's saved bf16 weights onto
 # the GPU from the page cache: what a training job does before its first step
@@ -195,6 +199,10 @@ class Measurements:
     compiled_speedup: dict[str, tuple[float, float]] = field(default_factory=dict)
     compile_cold: dict[str, tuple[float, float]] = field(default_factory=dict)
     compile_warm_s: float = 0.0
+    # CUDA graphs without torch.compile: generation time over a compiled engine's, per shape; and what
+    # such an engine's start and close add over an eager one's
+    graphs_factor: dict[str, tuple[float, float]] = field(default_factory=dict)
+    graphs_start_s: float = 0.0
     # what a forked engine saves against a spawned one, start and close (the vLLM records spawned)
     fork_saving_s: float = 0.0
     # a vLLM job's own import of vLLM (and torch), before its engine starts: forked runs' mean
@@ -306,6 +314,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.job_import_s = statistics.mean(r["import_vllm_s"] for r in start_runs
                                      if r.get("method") == "fork" and "error" not in r)
     m.compile_warm_s = compile_warm(need(JOB_COMPILED), m)
+    m.graphs_factor, m.graphs_start_s = graphs_figures(need(VLLM_GRAPHS))
     loads = [r for r in need(JOB_LOADS) if "error" not in r]
     m.train_import_s = statistics.mean(r["import_s"] for r in loads)
     for shape in {r["shape"] for r in loads if r.get("load_s") is not None}:
@@ -326,6 +335,29 @@ def async_gains(records: list[dict]) -> dict[str, tuple[float, float]]:
     return gains
 
 
+def graphs_figures(records: list[dict]) -> tuple[dict[str, tuple[float, float]], float]:
+    """Engines with CUDA graphs and no torch.compile, against the same session's engines of the same
+    shape and batch: per shape, the generation time over a compiled engine's; and the mean of what
+    their start and close add over an eager engine's (a machine's first engine, which holds vLLM's
+    one-time kernel JIT, left out)."""
+    runs = [r for r in records if "error" not in r and r.get("seeds") == "per_request"]
+    factor, extra = {}, []
+    for graphs in (r for r in runs if r["mode"] == "graphs"):
+        def same(mode):
+            return [r for r in runs if r["mode"] == mode and r["shape"] == graphs["shape"]
+                    and r["max_num_seqs"] == graphs["max_num_seqs"]]
+        if same("compiled"):
+            factor[graphs["shape"]] = (_shape_params(graphs["shape"]), graphs["generate_s"] / same("compiled")[-1]["generate_s"])
+        eager = [r for r in same("eager") if not r.get("first_engine_on_machine")]
+        if eager and not graphs.get("first_engine_on_machine"):
+            extra.append(graphs["engine_start_s"] + graphs["engine_close_s"]
+                         - eager[-1]["engine_start_s"] - eager[-1]["engine_close_s"])
+    if not factor or not extra:
+        raise ValueError(f"{VLLM_GRAPHS} needs a graphs engine beside a compiled one and beside an eager one "
+                         "of the same shape and batch")
+    return factor, statistics.mean(extra)
+
+
 def compile_warm(jobs: list[dict], m: Measurements) -> float:
     """A compiled engine's start and close in a forked job with the compile cache filled, less the
     eager start and close the model takes for that shape (an eager generate job's engine start, less
@@ -333,7 +365,7 @@ def compile_warm(jobs: list[dict], m: Measurements) -> float:
     runs = [r for r in jobs if "error" not in r and not r["enforce_eager"] and r["method"] == "fork"]
     if not runs:
         raise ValueError(f"{JOB_COMPILED} holds no forked compiled job: the warm compile start is unmeasured")
-    eager = _engine_start(m, m.start_generate, _shape_params(runs[0]["shape"]), eager=True)[0] - m.job_import_s
+    eager = _engine_start(m, m.start_generate, _shape_params(runs[0]["shape"]), "eager")[0] - m.job_import_s
     return statistics.mean(r["engine_start_s"] + r["close_s"] for r in runs) - eager
 
 
@@ -402,7 +434,8 @@ def assumptions(m: Measurements) -> list[str]:
         f"default system prompt; the benchmark rows were ~115 tokens before the seventh session and ~132 "
         f"since, a per-token rate carries over); the "
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
-        f"; 7b-32b: profiles/b200's whole configuration as it is, the newest record of each; the seventh "
+        f"; 7b-32b: profiles/b200's whole configuration as it is, the newest record of each, whose "
+        f"machine ran the configuration before it 3-7 % slower than the ninth session's; the seventh "
         f"session's machine ran 32b's configuration 7 % faster, 14b's within 1 %); sizes with gpu_share 0.25 at "
         f"the card's rate with four packed trainings under MPS (concurrent_*_sublim_mps*.json, lower bounds), "
         f"so a cell's GPU time is its wall time / 4; gpu_share 0.5 at the card's rate with two trainings, "
@@ -449,6 +482,11 @@ def assumptions(m: Measurements) -> list[str]:
                                                                              key=lambda i: i[1][0])) +
         f"), by {m.compile_warm_s:.0f} s for the later ones (7b's compiled generate jobs, forked, with the "
         f"cache filled, against the eager start the model takes at 7b, {JOB_COMPILED}; at most the cold figure)",
+        "engines with CUDA graphs and without torch.compile (sizing engine_torch_compile false): the compiled "
+        "rate x their generation time over a compiled engine's, same session, prompts and batch ("
+        + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.graphs_factor.items(), key=lambda i: i[1][0]))
+        + f"), interpolated by parameters, flat beyond; an engine start and close {m.graphs_start_s:.0f} s longer "
+        f"than an eager one's at every job (nothing compiled, nothing cached; {VLLM_GRAPHS})",
         f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
@@ -484,8 +522,11 @@ class JobCost:
         return sum(self.card_s.values())
 
 
-def _eager(sizing: dict, stage: str) -> bool:
-    return bool(stage_setting(sizing, "enforce_eager", stage))
+def engine_mode(sizing: dict, stage: str) -> str:
+    """eager, compiled (torch.compile and CUDA graphs: vLLM's default) or graphs (CUDA graphs alone)."""
+    if stage_setting(sizing, "enforce_eager", stage):
+        return "eager"
+    return "graphs" if stage_setting(sizing, "engine_torch_compile", stage) is False else "compiled"
 
 
 def train_tokens(protocol: dict) -> float:
@@ -525,13 +566,15 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
     return JobCost("train", {"train": card_s}, card_s / cards, cards, {"train": basis})
 
 
-def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[float, str]:
+def _engine_start(m: Measurements, points, params: float, mode: str) -> tuple[float, str]:
     start = by_params(points, params, beyond="flat")
     forked = start.value - m.fork_saving_s + m.job_import_s
     basis = (f"{start.basis}, forked ({m.fork_saving_s:.0f} s less than spawned), + {m.job_import_s:.0f} s for "
              f"the job's import of vLLM, eager")
-    if eager:
+    if mode == "eager":
         return forked, basis
+    if mode == "graphs":
+        return forked + m.graphs_start_s, f"{basis}, + {m.graphs_start_s:.0f} s to capture CUDA graphs (no torch.compile)"
     warm = compiled_figures(m, params)[2]
     return forked + warm, f"{basis}, + {warm:.0f} s to compile (warm cache)"
 
@@ -539,13 +582,17 @@ def _engine_start(m: Measurements, points, params: float, eager: bool) -> tuple[
 def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
     sizing, params = sizing_for(config, size), config["models"][size]["params_b"]
     gpus = max(1, int(sizing["gpus"]))
-    eager = _eager(sizing, "generate")
+    engine = engine_mode(sizing, "generate")
     per_token = by_params(m.generate_token, params)
     tokens = config["protocol"]["generation"]["n_prompts"] * m.completion_tokens
     speedup = compiled_figures(m, params)[0]
-    work = tokens * per_token.value / (1 if eager else speedup.value)
-    start, start_basis = _engine_start(m, m.start_generate, params, eager)
-    mode = "eager" if eager else f"eager / {speedup.value:.2f} compiled ({speedup.basis})"
+    work = tokens * per_token.value / (1 if engine == "eager" else speedup.value)
+    start, start_basis = _engine_start(m, m.start_generate, params, engine)
+    mode = "eager" if engine == "eager" else f"eager / {speedup.value:.2f} compiled ({speedup.basis})"
+    if engine == "graphs":
+        graphs = by_params(m.graphs_factor, params, beyond="flat")
+        work *= graphs.value
+        mode += f", x {graphs.value:.2f} with CUDA graphs alone ({graphs.basis})"
     if stage_setting(sizing, "hashed_sampling", "generate"):
         hashed = by_params(m.hashed_factor, params, beyond="flat")
         work *= hashed.value
@@ -562,9 +609,9 @@ def evaluate_job(config: dict, size: str, m: Measurements, base: bool = False) -
     adapters = 1 if base else len(eval_epochs(config["protocol"]))
     per_request, per_adapter = by_params(m.eval_request, params), by_params(m.eval_adapter, params)
     work = adapters * (per_adapter.value + requests * per_request.value)
-    eager = _eager(sizing, "evaluate")
-    start, start_basis = _engine_start(m, m.start_evaluate, params, eager)
-    basis = {"evaluate": per_request.basis + ("" if eager else ", compiled at the eager rate (no record)"),
+    engine = engine_mode(sizing, "evaluate")
+    start, start_basis = _engine_start(m, m.start_evaluate, params, engine)
+    basis = {"evaluate": per_request.basis + ("" if engine == "eager" else f", {engine} at the eager rate (no record)"),
              "evaluate engine": start_basis}
     return JobCost("evaluate_base" if base else "evaluate", {"evaluate": work, "engine_start": start * gpus},
                    start + work / gpus, gpus, basis)
@@ -615,13 +662,14 @@ def cells_per_size(config: dict) -> int:
 
 
 def first_engine_extra_card_s(config: dict, size: str, m: Measurements) -> dict[str, float]:
-    """Per stage (the rule of that name): what the first compiled engine of a size and stage adds to
-    its job's start, since it fills the compile cache that the size's later jobs of that stage read
-    (their start counts 'warm')."""
+    """Per stage (the rule of that name): what the first torch.compile'd engine of a size and stage adds
+    to its job's start, since it fills the compile cache that the size's later jobs of that stage read
+    (their start counts 'warm'); engines with CUDA graphs alone compile nothing."""
     sizing = sizing_for(config, size)
     gpus = max(1, int(sizing["gpus"]))
     _, cold, warm = compiled_figures(m, config["models"][size]["params_b"])
-    return {stage: (cold.value - warm) * gpus for stage in ("generate", "evaluate") if not _eager(sizing, stage)}
+    return {stage: (cold.value - warm) * gpus for stage in ("generate", "evaluate")
+            if engine_mode(sizing, stage) == "compiled"}
 
 
 def size_cost(config: dict, size: str, m: Measurements) -> SizeCost:
