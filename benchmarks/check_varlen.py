@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sublim.attention import _VARLEN_PARAMS, varlen_attention  # noqa: E402
+from sublim.shared_prefix import share_prefix  # noqa: E402
 
 LAYOUTS = {"0.5b": (14, 2, 64), "1.5b": (12, 2, 128), "3b": (16, 2, 128), "7b": (28, 4, 128), "14b": (40, 8, 128),
            "32b": (40, 8, 128)}
@@ -85,20 +86,24 @@ def main() -> None:
 def shared_prefix_layout(shape: str, heads: int, kv_heads: int, dim: int) -> dict:
     rows = MICRO_ROWS.get(shape, 60)
     lengths = torch.randint(115, 161, (rows,)).tolist()
-    own = [lengths[0]] + [n - PREFIX for n in lengths[1:]]  # each row's queries in the shared layout
-    cu_k = torch.tensor([0] + lengths).cumsum(0).to(torch.int32).cuda()
-    cu_q = torch.tensor([0] + own).cumsum(0).to(torch.int32).cuda()
-    expand, start = [], PREFIX  # whole rows' positions in the shared layout
-    for n in lengths:
-        expand += list(range(PREFIX)) + list(range(start, start + n - PREFIX))
-        start += n - PREFIX
+    # rows that open alike for PREFIX + 1 tokens (the last one is predicted, so PREFIX are shared), laid
+    # out by the workflow's own collator step
+    opening = torch.arange(1, PREFIX + 2)
+    ids = [torch.cat([opening, torch.randint(1000, 2000, (n - PREFIX - 1,))]) for n in lengths]
+    cu_k = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    labels = [torch.cat([torch.tensor([-100]), row[1:]]) for row in ids]  # each row's first has none
+    shared = share_prefix({"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None],
+                           "cu_seq_lens_q": cu_k, "max_length_q": max(lengths)})
+    assert shared["shared_prefix_length"] == PREFIX, shared["shared_prefix_length"]
+    expand, cu_q, cu_k = (shared[key].cuda() for key in
+                          ("shared_prefix_expand", "shared_prefix_cu_seq_q", "cu_seq_lens_q"))
+    own = cu_q.diff().tolist()  # each row's queries in the shared layout
     output = torch.cat([torch.arange(end - n, end) for end, n in zip(cu_k[1:].tolist(), own)]).cuda()
-    expand = torch.tensor(expand).cuda()
-    total = int(cu_q[-1])
+    total = shared["input_ids"].shape[1]
     q = torch.randn(total, heads, dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(total, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(total, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
-    max_q, max_k = max(own), max(lengths)
+    max_q, max_k = shared["shared_prefix_max_q"], max(lengths)
 
     def queries_in_place(q, k, v):
         return varlen_attention(q, k.index_select(0, expand), v.index_select(0, expand), cu_q, max_q,

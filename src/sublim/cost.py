@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from sublim.backends.vllm_backend import stage_setting
+from sublim.backends.vllm_backend import engine_mode, stage_setting
 from sublim.config import eval_epochs, kept_epochs, sizing_for
 from sublim.gpu_share import GPU_SLOTS, train_gpu_slots, train_processes, whole_gpu_slots
 
@@ -520,13 +520,6 @@ class JobCost:
     @property
     def total_card_s(self) -> float:
         return sum(self.card_s.values())
-
-
-def engine_mode(sizing: dict, stage: str) -> str:
-    """eager, compiled (torch.compile and CUDA graphs: vLLM's default) or graphs (CUDA graphs alone)."""
-    if stage_setting(sizing, "enforce_eager", stage):
-        return "eager"
-    return "graphs" if stage_setting(sizing, "engine_torch_compile", stage) is False else "compiled"
 
 
 def train_tokens(protocol: dict) -> float:

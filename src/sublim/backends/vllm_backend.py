@@ -64,8 +64,16 @@ def stage_setting(sizing: dict, key: str, stage: str):
     return value
 
 
+def engine_mode(sizing: dict, stage: str) -> str:
+    """eager, compiled (torch.compile and CUDA graphs: vLLM's default) or graphs (CUDA graphs alone)."""
+    if stage_setting(sizing, "enforce_eager", stage):
+        return "eager"
+    return "graphs" if stage_setting(sizing, "engine_torch_compile", stage) is False else "compiled"
+
+
 def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: str = "generate") -> dict:
     """Keyword arguments of `vllm.LLM` for one job of `stage`, from the size's sizing."""
+    mode = engine_mode(sizing, stage)
     args = {
         "model": model_dir,
         "tokenizer": model_dir,
@@ -75,12 +83,12 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
         "max_num_seqs": sizing["max_num_seqs"],
         "max_model_len": sizing["max_model_len"],
         "quantization": sizing.get("quantization"),
-        "enforce_eager": bool(stage_setting(sizing, "enforce_eager", stage)),
+        "enforce_eager": mode == "eager",
         # Ignore the checkpoint's generation_config.json (Qwen ships top_k 20, repetition_penalty
         # 1.05): every sampling value comes from the protocol through SamplingParams.
         "generation_config": "vllm",
     }
-    if not args["enforce_eager"] and stage_setting(sizing, "engine_torch_compile", stage) is False:
+    if mode == "graphs":
         args["compilation_config"] = dict(GRAPHS_WITHOUT_COMPILE)
     if adapters:
         args.update(
