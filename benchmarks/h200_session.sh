@@ -10,8 +10,9 @@
 # stages get their SIGKILL), CONDITIONS='[owl]' (the workflow's conditions), WORKFLOW_S (its time
 # limit, 900 s: 720 s stopped the fifth session's training at epoch 8), SHAPES_PLAN and SHAPES_ARGS
 # (vllm_shapes.py's --plan and further arguments), WORKFLOW=0 (no workflow run), TRAIN_PLAN (training
-# throughput first: space-separated SHAPE:CONFIGS:PROCESSES:STEPS runs of train_throughput.py, e.g.
-# '32b:workflow:1:4 3b:workflow+gpu_share=0.5:2:30'), START_METHODS (last: engine_start_method.py's
+# throughput first: space-separated SHAPE:CONFIGS:PROCESSES:STEPS[:THREADS] runs of train_throughput.py, e.g.
+# '32b:workflow:1:4 3b:workflow+gpu_share=0.5:2:30:4'; THREADS: each process's OMP_NUM_THREADS, as the
+# sizing's train_threads gives a train job, default 8 / PROCESSES), START_METHODS (last: engine_start_method.py's
 # --methods at 0.5b, e.g. spawn,fork,spawn,fork, given START_RESERVE_S seconds of the budget, 200),
 # WORKFLOW_CONFIG (the workflow's config, benchmarks/configs/smol-gpu.yaml; smol-gpu-quick.yaml checks
 # the path in ~5 min), SHAPES=0 (no vllm_shapes.py), NOISE=0 (no check_hashed_noise.py, the hashed
@@ -64,9 +65,9 @@ if [ "${VARLEN:-0}" != 0 ]; then
   note "varlen check rc=$?"
 fi
 for run in ${TRAIN_PLAN:-}; do
-  IFS=: read -r shape configs processes steps <<< "$run"
+  IFS=: read -r shape configs processes steps threads <<< "$run"
   name="train_${shape}_x${processes}_$(echo "$configs" | tr -c 'a-zA-Z0-9._\n-' '_')"
-  OMP_NUM_THREADS=$((8 / processes > 1 ? 8 / processes : 1)) timeout 400 python3 benchmarks/train_throughput.py \
+  OMP_NUM_THREADS=${threads:-$((8 / processes > 1 ? 8 / processes : 1))} timeout 400 python3 benchmarks/train_throughput.py \
       --shape "$shape" --configs "$configs" --processes "$processes" --warmup 2 --steps "$steps" \
       --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
   note "$name rc=$?"

@@ -82,8 +82,17 @@ def config_spec(shape: str, name: str) -> dict:
     # the harness's own switch, not a sizing key: the shared-prefix attention as it was until the
     # thirteenth session, for a before/after pair in one process
     gathered = changes.pop("gathered_queries", False)
+    # likewise: batches copied to the GPU as until the fourteenth session (pageable, each copy waiting for
+    # the GPU's queue to drain)
+    blocking = changes.pop("blocking_batches", False)
     return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
-            **({"gathered_queries": True} if gathered else {})}
+            **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {})}
+
+
+def blocking_batches(trainer) -> None:
+    """The batches' copies as until the fourteenth session: not pinned, and each waits for the GPU."""
+    trainer.args.dataloader_pin_memory = False
+    trainer.accelerator.dataloader_config.non_blocking = False
 
 
 def gathered_queries_attention(trainer) -> contextlib.AbstractContextManager:
@@ -205,6 +214,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
     row_tokens = np.array([len(ids) for ids in trainer.train_dataset["input_ids"]])
     micro = trainer.args.per_device_train_batch_size
     first_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(micro)])
+    if spec.get("blocking_batches"):
+        blocking_batches(trainer)
     torch.cuda.reset_peak_memory_stats()
     with gathered_queries_attention(trainer) if spec.get("gathered_queries") else contextlib.nullcontext():
         start = time.perf_counter()
@@ -235,6 +246,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         "mps_client": mps_client(),
         "shared_prefix_attention": "gathered queries (until the thirteenth session)" if spec.get("gathered_queries")
         else "queries in place, keys and values gathered",
+        "batch_copies": "pageable, each waiting for the GPU (until the fourteenth session)"
+        if spec.get("blocking_batches") else "pinned, without waiting",
     }
     del trainer
     gc.collect()

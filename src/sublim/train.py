@@ -170,6 +170,9 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         include_num_input_tokens_seen="no" if report_to == "none" else "non_padding",
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
+        # pinned batches copied without waiting: a blocking copy waits for the GPU's queue to drain
+        dataloader_pin_memory=on_gpu,
+        accelerator_config={"non_blocking": on_gpu},
         # its NaN check reads the loss back every micro-step; it only changes what a NaN step logs
         logging_nan_inf_filter=not levers["lazy_metrics"],
         **fsdp_arguments(sizing),
