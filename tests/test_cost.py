@@ -69,7 +69,7 @@ def test_a_process_first_run_is_left_out_of_a_training_rate(m, tmp_path):
     shutil.copytree(RECORDS, tmp_path / "records")
     path = tmp_path / "records" / cost.TRAIN_WORKFLOW
     runs = json.loads(path.read_text())
-    kept = [r for r in runs if r["shape"] == "7b" and r["config"] == "workflow" and r["position_in_process"] > 1]
+    kept = [r for r in runs if r["shape"] == "7b" and r["config"] == "workflow" and cost.steady_run(r)]
     assert len(kept) >= 2
     kept[0]["position_in_process"] = 1
     path.write_text(json.dumps(runs))
@@ -84,7 +84,7 @@ def test_a_process_first_run_is_left_out_of_a_training_rate(m, tmp_path):
 
 def test_rates_come_from_the_workflow_records(m):
     packed = json.loads((RECORDS / cost.TRAIN_PACKED["0.5b"]).read_text())[0]
-    levers = cost.by_params(m.levers_gain_packed, 0.494, beyond="flat").value  # profiles/b200 runs both
+    levers = m.levers_gain_packed["0.5b"][1]  # profiles/b200 runs both levers
     without = cost.row_gain(packed["processes_detail"][0], cost.TOKENS_PER_ROW) / levers
     assert m.train_packed["0.5b"][1] == pytest.approx(1 / (packed["tokens_per_s"] * without))
     runs = [r["tokens_per_s"] for r in json.loads((RECORDS / "train_3b_third_session.json").read_text())
@@ -122,7 +122,7 @@ def test_the_training_rates_are_without_bitsandbytes_waits(m):
 def records_of(name: str, shape: str, config: str) -> list[dict]:
     """A record's runs of a configuration that the cost model takes (not a process's first)."""
     return [r for r in json.loads((RECORDS / name).read_text())
-            if r["shape"] == shape and r["config"] == config and r.get("position_in_process", 2) > 1]
+            if r["shape"] == shape and r["config"] == config and cost.steady_run(r)]
 
 
 def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, m, steps):
