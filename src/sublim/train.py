@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from peft.helpers import disable_input_dtype_casting
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from sublim import attention, fused_lora, shared_prefix
@@ -51,7 +51,8 @@ def lora_config(lora: dict) -> LoraConfig:
 # changes the science: effective batch, schedule, loss, data order and LoRA stay the preset's.
 TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
                   "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
-                  "shared_prefix", "fused_lora", "train_processes", "async_8bit_optimizer")
+                  "shared_prefix", "fused_lora", "train_processes", "async_8bit_optimizer",
+                  "flat_8bit_optimizer")
 
 
 def train_sizing(sizing: dict) -> dict:
@@ -287,6 +288,18 @@ def _no_wait(tensor) -> None:
     return None
 
 
+def flat_8bit_adamw(args, model) -> tuple[type, dict]:
+    """transformers' class and arguments for optim adamw_8bit, with bitsandbytes' AdamW stepping all
+    tensors at once (sublim.flat_optimizer: the same update, one call per buffer)."""
+    from sublim.flat_optimizer import FlatAdamW
+
+    optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    if not issubclass(FlatAdamW, optimizer_class):
+        raise RuntimeError(f"optim adamw_8bit built {optimizer_class.__module__}.{optimizer_class.__name__}, not "
+                           f"bitsandbytes.optim.AdamW: set sizing flat_8bit_optimizer: false")
+    return FlatAdamW, kwargs
+
+
 def bitsandbytes_optimizer_module():
     """bitsandbytes.optim.optimizer where bitsandbytes is installed, else None."""
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -310,6 +323,8 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
         callbacks=list(callbacks),
     )
     check_row_lengths(trainer, training["max_length"])
+    if train_sizing(sizing)["flat_8bit_optimizer"] and trainer.args.optim == "adamw_8bit":
+        trainer.optimizer_cls_and_kwargs = flat_8bit_adamw(trainer.args, trainer.model)
     if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
         trainer.add_callback(LoraInputsCastByAutocast())
     if train_sizing(sizing)["async_8bit_optimizer"]:
