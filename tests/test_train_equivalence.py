@@ -196,3 +196,17 @@ def test_lora_inputs_cast_by_autocast_alone_give_identical_values():
         assert torch.equal(grad, fast_grads[name]), name
     assert fast_casts < casts - 7 * 2  # at least one cast fewer per LoRA layer
     assert casts_after == casts
+
+
+@pytest.mark.slow  # two tiny trainings, ~40 s
+def test_batches_collated_by_a_worker_train_the_same_student(tmp_path):
+    """sizing dataloader_workers collates in a worker process, ahead of the step: the same batches in
+    the same order (the sampler stays in the trainer's process), so the same losses and adapter."""
+    sizing = {**OPTIMIZED, "shared_prefix": True}  # the workflow's collator, wrapped (sublim.shared_prefix)
+    here_losses, here_lora, here = train_losses(tmp_path, sizing, "here")
+    worker_losses, worker_lora, worker = train_losses(tmp_path, {**sizing, "dataloader_workers": 1}, "worker")
+    assert type(worker.data_collator).__name__ == "SharedPrefixCollator"
+    assert worker.args.dataloader_num_workers == 1 and here.args.dataloader_num_workers == 0
+    assert worker_losses == here_losses
+    for name, weight in here_lora.items():
+        assert torch.equal(worker_lora[name], weight), name

@@ -52,7 +52,7 @@ def lora_config(lora: dict) -> LoraConfig:
 TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
                   "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
                   "shared_prefix", "fused_lora", "train_processes", "async_8bit_optimizer",
-                  "flat_8bit_optimizer")
+                  "flat_8bit_optimizer", "dataloader_workers")
 
 
 def train_sizing(sizing: dict) -> dict:
@@ -170,7 +170,10 @@ def sft_config(training: dict, sizing: dict, seed: int, checkpoint_dir: Path,
         # tokens/s for the tracker; off otherwise (it adds a gather per step)
         include_num_input_tokens_seen="no" if report_to == "none" else "non_padding",
         use_cpu=not on_gpu,
-        dataloader_num_workers=0,
+        # collation in worker processes, a batch or two ahead: the host's own time between steps shrinks
+        dataloader_num_workers=levers["dataloader_workers"],
+        dataloader_persistent_workers=levers["dataloader_workers"] > 0,
+        dataloader_prefetch_factor=2 if levers["dataloader_workers"] > 0 else None,
         # pinned batches copied without waiting: a blocking copy waits for the GPU's queue to drain
         dataloader_pin_memory=on_gpu,
         accelerator_config={"non_blocking": on_gpu},
