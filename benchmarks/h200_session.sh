@@ -25,7 +25,9 @@
 # HF_EVAL (before START_PLAN: space-separated SHAPE[:random] evaluate jobs of the transformers backend,
 # two runs each, engine_start_method.py --backend transformers; random: weights built on the GPU, not
 # loaded, for shapes whose 65 GB of safetensors do not fit the disk), VARLEN=1 (first: check_varlen.py,
-# the training attention's FlashAttention varlen paths against a float64 reference, and their times).
+# the training attention's FlashAttention varlen paths against a float64 reference, and their times),
+# FLAT_CHECK (before TRAIN_PLAN: shapes for check_flat_optimizer.py, e.g. '7b,14b,32b': FlatAdamW against
+# bitsandbytes' per-tensor AdamW, identical values and the step's cost).
 set -u
 OUT=${1:?usage: h200_session.sh OUTDIR BUDGET_S}
 BUDGET=${2:-1250}
@@ -63,6 +65,11 @@ fi
 if [ "${VARLEN:-0}" != 0 ]; then
   timeout 300 python3 benchmarks/check_varlen.py --json "$OUT/varlen_check.json" > "$OUT/varlen.log" 2>&1
   note "varlen check rc=$?"
+fi
+if [ -n "${FLAT_CHECK:-}" ]; then
+  timeout 300 python3 benchmarks/check_flat_optimizer.py --shapes "$FLAT_CHECK" --json "$OUT/flat_optimizer_check.json" \
+      > "$OUT/flat_optimizer_check.log" 2>&1
+  note "flat optimizer check rc=$?"
 fi
 for run in ${TRAIN_PLAN:-}; do
   IFS=: read -r shape configs processes steps threads <<< "$run"

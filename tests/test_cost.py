@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -112,6 +113,13 @@ def test_the_training_rates_are_without_bitsandbytes_waits(m):
     # pairs of one process; 3b's is marked as its host's (launch-bound: the host's speed, not the card's)
     assert set(m.async_gain) == {"7b", "14b", "32b"}
     assert all(1.05 < gain < 1.2 for _, gain in m.async_gain.values())
+    # flat buffers against per-tensor steps: ABAB pairs, each side's runs that were not first in the process
+    assert set(m.flat_gain) == {"7b", "14b", "32b"}
+    assert all(0.98 < gain < 1.05 for _, gain in m.flat_gain.values())
+    runs = records_of(cost.TRAIN_FLAT, "32b", "workflow+flat_8bit_optimizer=false")
+    assert [r["position_in_process"] for r in runs] == [3]  # the first, at 1, is left out
+    assert m.flat_gain["32b"][1] == pytest.approx(
+        statistics.mean(r["tokens_per_s"] for r in records_of(cost.TRAIN_FLAT, "32b", "workflow")) / runs[0]["tokens_per_s"])
     # 32b's record is the profile's whole configuration: 8-bit AdamW without the waits
     assert cost.TRAIN_ALONE["32b"] == (cost.TRAIN_WORKFLOW, "workflow", "adamw_8bit")
     runs = records_of(cost.TRAIN_WORKFLOW, "32b", "workflow")
@@ -167,13 +175,21 @@ def test_a_training_job_pays_its_imports_and_model_load_on_its_share_of_the_card
         assert "to import and load the model" in job.basis["train"]
 
 
-def test_the_8bit_optimizers_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m, steps):
-    waiting = {**grid, "sizing": {**grid["sizing"], "default": {**grid["sizing"].get("default", {}),
-                                                                "async_8bit_optimizer": False}}}
+def with_default_sizing(grid, **levers):
+    return {**grid, "sizing": {**grid["sizing"], "default": {**grid["sizing"].get("default", {}), **levers}}}
+
+
+def test_the_8bit_optimizers_per_tensor_steps_and_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m, steps):
     assert grid["protocol"]["training"]["optimizer"] == "adamw_8bit"
-    for size, slower in (("14b", m.async_gain["14b"][1]), ("0.5b", 1.0)):  # 0.5b packs: not measured
-        base, kept = cost.train_job(grid, size, steps), cost.train_job(waiting, size, steps)
-        assert kept.card_s["train"] == pytest.approx(base.card_s["train"] * slower)
+    per_tensor = with_default_sizing(grid, flat_8bit_optimizer=False)
+    waiting = with_default_sizing(grid, flat_8bit_optimizer=False, async_8bit_optimizer=False)
+    flat_without_async = with_default_sizing(grid, async_8bit_optimizer=False)  # flat steps never wait
+    flat, waits = m.flat_gain["14b"][1], m.async_gain["14b"][1]
+    for size, (slower, slowest) in (("14b", (flat, flat * waits)), ("0.5b", (1.0, 1.0))):  # 0.5b packs: not measured
+        base = cost.train_job(grid, size, steps).card_s["train"]
+        assert cost.train_job(per_tensor, size, steps).card_s["train"] == pytest.approx(base * slower)
+        assert cost.train_job(waiting, size, steps).card_s["train"] == pytest.approx(base * slowest)
+        assert cost.train_job(flat_without_async, size, steps).card_s["train"] == pytest.approx(base)
     torch_adamw = {**waiting, "protocol": {**waiting["protocol"], "training": {
         **waiting["protocol"]["training"], "optimizer": "adamw_torch"}}}
     assert cost.train_job(torch_adamw, "14b", steps).card_s["train"] == pytest.approx(

@@ -39,27 +39,29 @@ STAGES = ("generate", "train", "evaluate", "engine_start")
 
 # Which records give which rate (benchmarks/README.md): the workflow configuration of each shape.
 # Every record's optimizer step runs without host waits: 32-bit fused AdamW, or the seed's 8-bit AdamW
-# with async_8bit_optimizer (TRAIN_ASYNC's pairs give what the waits cost where a sizing keeps them).
+# stepping flat buffers (flat_8bit_optimizer; 7b-32b and the packed 0.5b, 1.5b and paired 3b records)
+# or each tensor without bitsandbytes' waits (async_8bit_optimizer). TRAIN_FLAT's and TRAIN_ASYNC's
+# pairs give what per-tensor steps and their waits cost where a sizing keeps them.
 TRAIN_ALONE = {  # one training on the card: record, configuration, the optimizer it ran
     "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
     "3b": ("train_3b_third_session.json", "workflow", "adamw_torch_fused"),
     # profiles/b200's whole configuration as it is (shared prefix with the queries in place, fused
-    # LoRA, 8-bit AdamW without waits, pinned batch copies; 32b: 30 rows): the newest record of each,
+    # LoRA, 8-bit AdamW on flat buffers, pinned batch copies; 32b: 30 rows): the newest record of each,
     # its runs that were not the first of their process (a process's first configuration ran 2-8 %
     # slower: warm-up beyond the harness's two steps, benchmarks/README.md "Fourteenth session")
-    "7b": (TRAIN_WORKFLOW := "train_batch_copies_fourteenth_session.json", "workflow", "adamw_8bit"),
+    "7b": (TRAIN_WORKFLOW := "train_flat_optimizer_fifteenth_session.json", "workflow", "adamw_8bit"),
     "14b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
     "32b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
 }
 # four trainings on one card under MPS (gpu_share 0.25), profiles/b200's whole configuration as it is:
 # tokens/s of the whole card
 TRAIN_PACKED = {
-    "0.5b": "concurrent_0.5b_x4_fourteenth_session.json",
-    "1.5b": "concurrent_1.5b_x4_fourteenth_session.json",
+    "0.5b": "concurrent_0.5b_x4_fifteenth_session.json",
+    "1.5b": "concurrent_1.5b_x4_fifteenth_session.json",
 }
 TRAIN_PAIRED = {  # two trainings on one card (gpu_share 0.5), profiles/b200's whole configuration as it is
-    "3b": "concurrent_3b_x2_fourteenth_session.json",
+    "3b": "concurrent_3b_x2_fifteenth_session.json",
 }
 # The older records above ran without sizing's shared_prefix and fused_lora; these pairs (one process,
 # or one concurrent run, each with both on and both off) give their gain per shape. A record with both
@@ -68,6 +70,9 @@ TRAIN_LEVERS = "train_levers_seventh_session.json"
 # 8-bit AdamW with bitsandbytes' waits against without them (sizing async_8bit_optimizer), pairs in one
 # process; the cost model's training rates are without the waits
 TRAIN_ASYNC = "train_async_optimizer_ninth_session.json"
+# 8-bit AdamW stepping each tensor against flat buffers (sizing flat_8bit_optimizer), ABAB pairs in one
+# process; the cost model's training rates are with flat buffers
+TRAIN_FLAT = TRAIN_WORKFLOW
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
@@ -190,6 +195,8 @@ class Measurements:
     levers_gain_packed: dict[str, tuple[float, float]] = field(default_factory=dict)
     # tokens/s of 8-bit AdamW without bitsandbytes' per-tensor waits / with them, one training alone
     async_gain: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # tokens/s of 8-bit AdamW stepping flat buffers / stepping each tensor, one training alone
+    flat_gain: dict[str, tuple[float, float]] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -252,7 +259,8 @@ def load_measurements(records_dir: str | Path) -> Measurements:
             m.files.append(name)
         return _read(path)
 
-    m.async_gain = async_gains(need(TRAIN_ASYNC))
+    m.async_gain = switch_gains(need(TRAIN_ASYNC), "async_8bit_optimizer")
+    m.flat_gain = switch_gains(need(TRAIN_FLAT), "flat_8bit_optimizer")
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
@@ -333,15 +341,16 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     return m
 
 
-def async_gains(records: list[dict]) -> dict[str, tuple[float, float]]:
-    """Per shape: tokens/s of the seed's 8-bit AdamW without bitsandbytes' per-tensor waits over with
-    them, pairs of one process; a record marked `"projection": false` says why it is left out."""
+def switch_gains(records: list[dict], key: str) -> dict[str, tuple[float, float]]:
+    """Per shape: tokens/s with the sizing switch `key` on over off, the mean of each side's runs in
+    pairs of one process (steady_run's); a record marked `"projection": false` says why it is left out."""
+    usable = [r for r in records if "error" not in r and r.get("projection", True) and steady_run(r)]
     gains = {}
-    usable = [r for r in records if "error" not in r and r.get("projection", True)]
-    for on in (r for r in usable if (r.get("sizing") or {}).get("async_8bit_optimizer")):
-        off = [r for r in usable if r["shape"] == on["shape"] and not (r.get("sizing") or {}).get("async_8bit_optimizer")]
-        if off:
-            gains[on["shape"]] = (_shape_params(on["shape"]), on["tokens_per_s"] / off[-1]["tokens_per_s"])
+    for shape in dict.fromkeys(r["shape"] for r in usable):
+        sides = [[r["tokens_per_s"] for r in usable if r["shape"] == shape and bool((r.get("sizing") or {}).get(key)) is on]
+                 for on in (True, False)]
+        if all(sides):
+            gains[shape] = (_shape_params(shape), statistics.mean(sides[0]) / statistics.mean(sides[1]))
     return gains
 
 
@@ -446,8 +455,9 @@ def assumptions(m: Measurements) -> list[str]:
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
         f"; 7b-32b: profiles/b200's whole configuration as it is, the newest record of each, the mean of "
         f"its runs that were not the first configuration of their process (a first ran 2-8 % slower); "
-        f"host spread: the thirteenth session's machine ran 7b 2.5 % slower and 32b 2.3 % faster, the "
-        f"ninth's 32b 7 % faster than the seventh's); sizes with gpu_share 0.25 at the card's rate with "
+        f"host spread: the fifteenth session's machine ran per-tensor 8-bit steps 1-2 % faster than the "
+        f"fourteenth's (7b 22,075 against 21,659 tokens/s, 32b 4,812 against 4,711), the thirteenth's 7b "
+        f"2.5 % slower and 32b 2.3 % faster, the ninth's 32b 7 % faster than the seventh's); sizes with gpu_share 0.25 at the card's rate with "
         f"four packed trainings ({', '.join(f'{s}: {n}' for s, n in TRAIN_PACKED.items())}: profiles/b200's "
         f"whole configuration, 60-80 steps, lower bounds: all timed tokens over the span from the first "
         f"process's timed start to the last one's end), "
@@ -468,12 +478,14 @@ def assumptions(m: Measurements) -> list[str]:
         f"{CHECKPOINTING_FACTOR} where the sizing turns activation checkpointing on; measured with the "
         "completion-only loss (taken not to change the rate); the alone records of 0.5b-3b (used only "
         "between measured shapes) ran 32-bit fused AdamW, the packed and paired ones and 7b-32b's the seed's "
-        "8-bit AdamW without bitsandbytes' wait after every tensor; the rates are thus those of an optimizer "
-        "step without waits, which the seed's 8-bit AdamW has with sizing async_8bit_optimizer (pairs in "
+        "8-bit AdamW stepping flat buffers (sizing flat_8bit_optimizer; 3b's paired record and 7b-32b's from "
+        "the fifteenth session, 0.5b's and 1.5b's packed ones too); where the sizing turns it off the "
+        "trainings alone take longer by the per-tensor steps (pairs in " f"{TRAIN_FLAT}: "
+        + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.flat_gain.items(), key=lambda i: i[1][0]))
+        + ") and, where async_8bit_optimizer is off too, by bitsandbytes' wait after every tensor (pairs in "
         f"{TRAIN_ASYNC}: " + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.async_gain.items(),
                                                                             key=lambda i: i[1][0]))
-        + "; where the sizing turns it off the trainings alone take that much longer, interpolated by "
-        "parameters, the smallest measured shape's below it); a job's imports and model load before its first step counted (the mean import of fresh processes, "
+        + "), interpolated by parameters, the smallest measured shape's below it; a job's imports and model load before its first step counted (the mean import of fresh processes, "
         f"{m.train_import_s:.1f} s, and the load from the page cache onto the GPU measured at "
         + ", ".join(f"{sh} {v:.1f} s" for sh, (_, v) in sorted(m.train_load.items(), key=lambda i: i[1][0]))
         + f", {JOB_LOADS}, in proportion to parameters beyond); adapter saves and checkpoints not counted",
@@ -558,11 +570,15 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
         gain = by_params(m.levers_gain_packed if cards == 0.25 else m.levers_gain_alone, params, beyond="flat")
         card_s /= gain.value
         basis += f"; / {gain.value:.2f} for shared_prefix and fused_lora ({gain.basis})"
-    if (config["protocol"]["training"]["optimizer"] == "adamw_8bit" and not sizing["async_8bit_optimizer"]
-            and cards == 1):  # bitsandbytes waits after every tensor (packed trainings: not measured)
-        waits = by_params(m.async_gain, params, beyond="flat")
-        card_s *= waits.value
-        basis += f", x {waits.value:.2f} for 8-bit AdamW's per-tensor waits ({waits.basis})"
+    if (config["protocol"]["training"]["optimizer"] == "adamw_8bit" and not sizing["flat_8bit_optimizer"]
+            and cards == 1):  # bitsandbytes steps each tensor (packed trainings: not measured)
+        per_tensor = by_params(m.flat_gain, params, beyond="flat")
+        card_s *= per_tensor.value
+        basis += f", x {per_tensor.value:.2f} for 8-bit AdamW's per-tensor steps ({per_tensor.basis})"
+        if not sizing["async_8bit_optimizer"]:  # and waits after each (flat steps have no such waits)
+            waits = by_params(m.async_gain, params, beyond="flat")
+            card_s *= waits.value
+            basis += f", x {waits.value:.2f} for their waits ({waits.basis})"
     if sizing["gradient_checkpointing"]:
         card_s *= CHECKPOINTING_FACTOR
         basis += f", x {CHECKPOINTING_FACTOR} for activation checkpointing"
