@@ -154,3 +154,24 @@ def test_the_trainer_steps_the_seed_optimizer_flat_with_identical_adapters(tmp_p
     assert flat_lora.keys() == plain_lora.keys()
     for name, weight in plain_lora.items():
         assert torch.equal(flat_lora[name], weight), name
+
+
+def test_a_training_over_several_processes_keeps_the_per_tensor_step(tmp_path, monkeypatch, caplog):
+    """FSDP shards the parameters it steps; the flat layout is for one process's whole tensors."""
+    import sublim.train
+    from sublim import attention
+    from sublim.jsonl import write_jsonl
+    from sublim.train import build_trainer, load_student_dataset
+    from test_train_equivalence import OPTIMIZED, TRAINING, number_rows, qwen_tokenizer, tiny_student
+
+    monkeypatch.setattr(sublim.train, "optimizer_name", lambda training, sizing: training["optimizer"])
+    tokenizer = qwen_tokenizer()
+    write_jsonl(tmp_path / "rows.jsonl", number_rows(6))
+    build = lambda sizing: build_trainer(  # noqa: E731
+        tiny_student(len(tokenizer), attention.register()), tokenizer, load_student_dataset(tmp_path / "rows.jsonl"),
+        {**TRAINING, "optimizer": "adamw_8bit"}, {**OPTIMIZED, "flat_8bit_optimizer": True, **sizing}, seed=1,
+        checkpoint_dir=tmp_path / "ckpt")
+    assert build({}).optimizer_cls_and_kwargs[0] is FlatAdamW
+    with caplog.at_level("WARNING", logger="sublim.train"):
+        assert build({"train_processes": 2}).optimizer_cls_and_kwargs is None
+    assert "flat_8bit_optimizer: true does not apply to a training over several processes" in caplog.text

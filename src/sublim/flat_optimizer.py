@@ -2,8 +2,8 @@
 
 bitsandbytes updates one parameter tensor per call: a Python round trip and a kernel launch per
 tensor, 896 of them a step at 32b. The GPU idles while the host walks that list. FlatAdamW keeps
-every tensor's optimizer state inside a few flat buffers (one per param group, dtype and state
-width) and steps each buffer with a single call of bitsandbytes' own update. Each tensor starts on a
+every tensor's optimizer state inside a few flat buffers (one per param group, dtype, state width
+and step count) and steps each buffer with a single call of bitsandbytes' own update. Each tensor starts on a
 256-element boundary, bitsandbytes' quantisation block, so the blocks, their absmax and the values
 are those of the per-tensor updates (tests/test_flat_optimizer.py). A LoRA tensor of rank 8 has a
 multiple of 256 elements (8 x a width that is a multiple of 32), so no block holds padding. Where one

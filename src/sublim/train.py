@@ -327,7 +327,11 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
     )
     check_row_lengths(trainer, training["max_length"])
     if train_sizing(sizing)["flat_8bit_optimizer"] and trainer.args.optim == "adamw_8bit":
-        trainer.optimizer_cls_and_kwargs = flat_8bit_adamw(trainer.args, trainer.model)
+        if train_processes(train_sizing(sizing)) > 1:  # FSDP's sharded parameters: not laid out flat here
+            log.warning("sizing flat_8bit_optimizer: true does not apply to a training over several processes; "
+                        "bitsandbytes steps each tensor")
+        else:
+            trainer.optimizer_cls_and_kwargs = flat_8bit_adamw(trainer.args, trainer.model)
     if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
         trainer.add_callback(LoraInputsCastByAutocast())
     if train_sizing(sizing)["async_8bit_optimizer"]:
