@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import bitsandbytes as bnb  # noqa: E402
 import bitsandbytes.optim.optimizer as bnb_optimizer  # noqa: E402
 
-from sublim.cost import qwen_shapes  # noqa: E402
+from sublim.cost import projection_dims, qwen_shapes  # noqa: E402
 from sublim.flat_optimizer import FlatAdamW  # noqa: E402
 
 RANK = 8
@@ -42,9 +42,8 @@ def sync() -> None:
 
 
 def lora_shapes(shape: dict) -> list[tuple[int, int]]:
-    h, i = shape["hidden_size"], shape["intermediate_size"]
-    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
-    projections = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q k v o gate up down: (in, out)
+    """LoRA's A (rank x in) and B (out x rank) of every projection of every layer."""
+    projections = projection_dims(shape).values()
     return [s for _ in range(shape["num_hidden_layers"]) for n_in, n_out in projections
             for s in ((RANK, n_in), (n_out, RANK))]
 

@@ -131,12 +131,17 @@ def kv_dim(shape: dict) -> int:
     return shape["num_key_value_heads"] * head
 
 
+def projection_dims(shape: dict) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer of a Qwen2-architecture decoder layer."""
+    h, i, kv = shape["hidden_size"], shape["intermediate_size"], kv_dim(shape)
+    return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
 def lora_parameters(shape: dict, rank: int, targets: list[str]) -> int | None:
     """Parameters of a LoRA adapter (A: rank x in, B: out x rank per target per layer); None for a
     target module this architecture table does not know."""
-    h, i, kv = shape["hidden_size"], shape["intermediate_size"], kv_dim(shape)
-    dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    dims = projection_dims(shape)
     if any(t not in dims for t in targets):
         return None
     return shape["num_hidden_layers"] * sum(rank * sum(dims[t]) for t in targets)

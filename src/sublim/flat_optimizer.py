@@ -31,8 +31,6 @@ class Bucket:
     gindex: int
     pindex: int  # a member's index, for bitsandbytes' per-parameter config lookup
     params: list = field(default_factory=list)
-    spans: list = field(default_factory=list)  # (offset, numel) of each member in the flat buffers
-    blocks: list = field(default_factory=list)  # (offset, count) of each member's absmax blocks
     flat: torch.nn.Parameter | None = None
     state: dict = field(default_factory=dict)
     param_views: list = field(default_factory=list)
@@ -98,12 +96,13 @@ class FlatAdamW(AdamW):
         entries become views into them."""
         first = self.state[bucket.params[0]]
         eight_bit = first["state1"].dtype == torch.uint8
+        spans, block_spans = [], []  # each member's (offset, numel) in the buffers, (offset, count) of its blocks
         offset = block = 0
         for p in bucket.params:
             n = p.numel()
             blocks = -(-n // QUANTISATION_BLOCK)
-            bucket.spans.append((offset, n))
-            bucket.blocks.append((block, blocks))
+            spans.append((offset, n))
+            block_spans.append((block, blocks))
             offset += blocks * QUANTISATION_BLOCK if eight_bit else n
             block += blocks
         device, dtype = bucket.params[0].device, bucket.params[0].dtype
@@ -116,7 +115,7 @@ class FlatAdamW(AdamW):
             for name in BLOCK_KEYS:
                 bucket.state[name] = torch.zeros(block, dtype=torch.float32, device=device)
             bucket.state["qmap1"], bucket.state["qmap2"] = first["qmap1"], first["qmap2"]
-        for p, (start, n), (bstart, nblocks) in zip(bucket.params, bucket.spans, bucket.blocks):
+        for p, (start, n), (bstart, nblocks) in zip(bucket.params, spans, block_spans):
             state = self.state[p]
             for name in STATE_KEYS:
                 view = bucket.state[name][start:start + n].view_as(p)
@@ -130,6 +129,8 @@ class FlatAdamW(AdamW):
             bucket.grad_views.append(bucket.flat.grad[start:start + n].view_as(p))
 
     def _step_bucket(self, bucket: Bucket) -> None:
+        # the parameters are copied in each step, not only laid out once: whatever else wrote them
+        # (a resumed checkpoint's adapter) is what the step starts from
         torch._foreach_copy_(bucket.param_views, [p.data for p in bucket.params])
         torch._foreach_copy_(bucket.grad_views, [p.grad for p in bucket.params])
         group = self.param_groups[bucket.gindex]

@@ -316,7 +316,9 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
                   checkpoint_dir: Path, callbacks: list | tuple = (), report_to: str = "none",
                   run_name: str | None = None) -> SFTTrainer:
     """The SFTTrainer of the train stage; the benchmarks and the equivalence test build theirs here too."""
-    trainer_class = LazyMetricsSFTTrainer if train_sizing(sizing)["lazy_metrics"] else SFTTrainer
+    levers = train_sizing(sizing)
+    several_processes = train_processes(levers) > 1  # FSDP shards the parameters, frees and refills weights
+    trainer_class = LazyMetricsSFTTrainer if levers["lazy_metrics"] else SFTTrainer
     trainer = trainer_class(
         model=model,
         args=sft_config(training, sizing, seed, checkpoint_dir, report_to, run_name),
@@ -326,23 +328,23 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
         callbacks=list(callbacks),
     )
     check_row_lengths(trainer, training["max_length"])
-    if train_sizing(sizing)["flat_8bit_optimizer"] and trainer.args.optim == "adamw_8bit":
-        if train_processes(train_sizing(sizing)) > 1:  # FSDP's sharded parameters: not laid out flat here
+    if levers["flat_8bit_optimizer"] and trainer.args.optim == "adamw_8bit":
+        if several_processes:
             log.warning("sizing flat_8bit_optimizer: true does not apply to a training over several processes; "
                         "bitsandbytes steps each tensor")
         else:
             trainer.optimizer_cls_and_kwargs = flat_8bit_adamw(trainer.args, trainer.model)
-    if train_sizing(sizing)["lora_autocast_inputs"] and trainer.args.bf16:
+    if levers["lora_autocast_inputs"] and trainer.args.bf16:
         trainer.add_callback(LoraInputsCastByAutocast())
-    if train_sizing(sizing)["async_8bit_optimizer"]:
+    if levers["async_8bit_optimizer"]:
         trainer.add_callback(Async8bitOptimizer())
-    if train_sizing(sizing)["fused_lora"]:
-        if train_processes(train_sizing(sizing)) > 1:  # FSDP frees and refills the weights it shards
+    if levers["fused_lora"]:
+        if several_processes:
             log.warning("sizing fused_lora: true does not apply to a training over several processes; "
                         "PEFT's LoRA layers run")
         else:
             trainer.add_callback(fused_lora.FusedLoraLayers())
-    if train_sizing(sizing)["shared_prefix"]:
+    if levers["shared_prefix"]:
         why_not = shared_prefix_unsupported(trainer, training, sizing)
         if why_not:
             log.warning("sizing shared_prefix: true does not apply here (%s); every row computes its own prefix",
