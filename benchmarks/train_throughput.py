@@ -233,6 +233,9 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         "step_clock": "GPU waited for at the timed window's edges only",
         "tokens_per_s": tokens_per_s, "mfu": 4 * n_params * tokens_per_s / PEAK_BF16_FLOPS,
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+        # what the allocator held at its peak, beside the peak in use (expandable segments keep them close)
+        "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "minutes_per_10k_row_epoch": 10_000 * row_tokens.mean() / tokens_per_s / 60,
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
         "gpu": torch.cuda.get_device_name(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -298,6 +301,7 @@ def run_concurrently(args) -> None:
         "per_process_tokens_per_s": [r["tokens_per_s"] for r in ok],
         "mfu": 4 * ok[0]["params"] * tokens / window / PEAK_BF16_FLOPS if ok else None,
         "peak_mem_gb_per_process": max((r["peak_mem_gb"] for r in ok), default=None),
+        "peak_reserved_gb_per_process": max((r.get("peak_reserved_gb", 0) for r in ok), default=None),
         "sizing": ok[0]["sizing"] if ok else None, "gpu": ok[0]["gpu"] if ok else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mean_row_tokens": ok[0]["mean_row_tokens"] if ok else None,
@@ -307,7 +311,7 @@ def run_concurrently(args) -> None:
     Path(args.json).write_text(json.dumps([record], indent=1))
     print(json.dumps({k: record[k] for k in ("shape", "config", "tokens_per_s", "tokens_per_s_sum_of_processes",
                                             "tokens_per_s_all_running", "all_running_s", "mps_clients", "mfu",
-                                            "errors")}), flush=True)
+                                            "peak_reserved_gb_per_process", "errors")}), flush=True)
 
 
 def main() -> None:

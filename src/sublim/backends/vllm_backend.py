@@ -32,6 +32,7 @@ STAGES = ("generate", "evaluate")
 # a few seconds after an eager one and samples as fast as a compiled one on an H200 (benchmarks/README.md,
 # "Thirteenth session")
 GRAPHS_WITHOUT_COMPILE = {"mode": "NONE", "cudagraph_mode": "FULL"}
+GRAPH_CAPTURE_DEFAULT_MAX = 512  # vLLM 0.26 (config/vllm.py, _set_cudagraph_sizes)
 HASHED_SAMPLER = "sublim.backends.vllm_hashed_sampler:HashedGumbelSampler"
 HASHED_SAMPLING_KEY = "sublim_hashed_sampling"  # a request's SamplingParams.extra_args key for it
 
@@ -100,6 +101,12 @@ def engine_args(model_dir: str, sizing: dict, adapters: dict[str, str], stage: s
         )
     # anything else vLLM takes (load_format, kv_cache_dtype, …), for a profile to pass through
     args.update(sizing.get("vllm_args") or {})
+    compilation = args.get("compilation_config") or {}
+    if (mode != "eager" and args["max_num_seqs"] > GRAPH_CAPTURE_DEFAULT_MAX
+            and not {"max_cudagraph_capture_size", "cudagraph_capture_sizes"} & set(compilation)):
+        # vLLM captures graphs for batches up to min(2 x max_num_seqs, 512): beyond 512 sequences a full
+        # decode step would run without its graph
+        args["compilation_config"] = {**compilation, "max_cudagraph_capture_size": args["max_num_seqs"]}
     if stage_setting(sizing, "hashed_sampling", stage):  # beside any processors vllm_args brings
         args["logits_processors"] = [p for p in args.get("logits_processors") or [] if p != HASHED_SAMPLER] + [
             HASHED_SAMPLER]
