@@ -68,7 +68,7 @@ def test_a_process_first_run_is_left_out_of_a_training_rate(m, tmp_path):
     # a process's first configuration runs slower (warm-up beyond the harness's two steps): a record's
     # rate is the mean of its later runs, so moving a run into first place changes the rate
     shutil.copytree(RECORDS, tmp_path / "records")
-    path = tmp_path / "records" / cost.TRAIN_WORKFLOW
+    path = tmp_path / "records" / cost.TRAIN_WORKFLOW[0]
     runs = json.loads(path.read_text())
     kept = [r for r in runs if r["shape"] == "7b" and r["config"] == "workflow" and cost.steady_run(r)]
     assert len(kept) >= 2
@@ -84,7 +84,8 @@ def test_a_process_first_run_is_left_out_of_a_training_rate(m, tmp_path):
 
 
 def test_rates_come_from_the_workflow_records(m):
-    packed = json.loads((RECORDS / cost.TRAIN_PACKED["0.5b"]).read_text())[0]
+    (name,) = cost.TRAIN_PACKED["0.5b"]
+    packed = json.loads((RECORDS / name).read_text())[0]
     levers = m.levers_gain_packed["0.5b"][1]  # profiles/b200 runs both levers
     without = cost.row_gain(packed["processes_detail"][0], cost.TOKENS_PER_ROW) / levers
     assert m.train_packed["0.5b"][1] == pytest.approx(1 / (packed["tokens_per_s"] * without))
@@ -127,9 +128,10 @@ def test_the_training_rates_are_without_bitsandbytes_waits(m):
     assert 0.5 < m.job_import_s < 20  # a vLLM job's own import, counted in its engine start
 
 
-def records_of(name: str, shape: str, config: str) -> list[dict]:
-    """A record's runs of a configuration that the cost model takes (not a process's first)."""
-    return [r for r in json.loads((RECORDS / name).read_text())
+def records_of(names: str | tuple[str, ...], shape: str, config: str) -> list[dict]:
+    """Records' runs of a configuration that the cost model takes (not a process's first), pooled."""
+    return [r for name in ((names,) if isinstance(names, str) else names)
+            for r in json.loads((RECORDS / name).read_text())
             if r["shape"] == shape and r["config"] == config and cost.steady_run(r)]
 
 
@@ -137,6 +139,7 @@ def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, 
     """7b-32b's records ran profiles/b200's configuration as it is: the profile's trainings cost those
     records' rate, carried to rows of TOKENS_PER_ROW tokens; m.train_alone holds it without the levers."""
     runs = records_of(cost.TRAIN_WORKFLOW, "32b", "workflow")
+    assert {r["session"] for r in runs} == {"2026-12-03 fifteenth session", "2026-12-03 sixteenth session"}
     run = runs[0]
     assert run["sizing"]["shared_prefix"] and run["sizing"]["fused_lora"] and run["sizing"]["async_8bit_optimizer"]
     per_token = cost.train_job(grid, "32b", steps).card_s["train"] / cost.train_tokens(grid["protocol"])
@@ -147,16 +150,19 @@ def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, 
 
 
 def test_two_3b_trainings_share_a_card_at_their_measured_rate(grid, m, steps):
-    (pair,) = [r for r in json.loads((RECORDS / cost.TRAIN_PAIRED["3b"]).read_text()) if r["processes"] == 2]
+    # every record of the pair in the profile's configuration, pooled (one per session)
+    pairs = [r for name in cost.TRAIN_PAIRED["3b"] for r in json.loads((RECORDS / name).read_text())
+             if r["processes"] == 2]
+    assert len(pairs) == len(cost.TRAIN_PAIRED["3b"]) >= 2
     job = cost.train_job(grid, "3b", steps)
     assert job.cards == 0.5 and "two trainings on the card" in job.basis["train"]
-    rows = pair["processes_detail"][0]
+    rows = pairs[0]["processes_detail"][0]
     assert cost.train_tokens(grid["protocol"]) / job.card_s["train"] == pytest.approx(
-        pair["tokens_per_s"] * cost.row_gain(rows, cost.TOKENS_PER_ROW))
+        statistics.mean(p["tokens_per_s"] for p in pairs) * cost.row_gain(rows, cost.TOKENS_PER_ROW))
     assert job.wall_s == pytest.approx(2 * job.card_s["train"])
     # faster per card than one 3b training alone, on the same machine and in the profile's configuration
     (alone,) = records_of("train_3b_tenth_session.json", "3b", "workflow")
-    assert pair["tokens_per_s"] > 1.3 * alone["tokens_per_s"]
+    assert all(p["tokens_per_s"] > 1.3 * alone["tokens_per_s"] for p in pairs)
     # a share no record pairs at its shape: one training's rate
     seven = cost.train_job({**grid, "sizing": {**grid["sizing"], "7b": {"gpu_share": 0.5}}}, "7b", steps)
     assert seven.card_s["train"] == pytest.approx(cost.train_job(grid, "7b", steps).card_s["train"])

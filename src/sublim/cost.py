@@ -14,7 +14,6 @@ packed trainings) for an hour costs 0.25 GPU-hours.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -42,26 +41,28 @@ STAGES = ("generate", "train", "evaluate", "engine_start")
 # stepping flat buffers (flat_8bit_optimizer; 7b-32b and the packed 0.5b, 1.5b and paired 3b records)
 # or each tensor without bitsandbytes' waits (async_8bit_optimizer). TRAIN_FLAT's and TRAIN_ASYNC's
 # pairs give what per-tensor steps and their waits cost where a sizing keeps them.
-TRAIN_ALONE = {  # one training on the card: record, configuration, the optimizer it ran
-    "0.5b": ("train_0.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
-    "1.5b": ("train_1.5b_third_session.json", "workflow+mps=false", "adamw_torch_fused"),
-    "3b": ("train_3b_third_session.json", "workflow", "adamw_torch_fused"),
-    # profiles/b200's whole configuration as it is (shared prefix with the queries in place, fused
-    # LoRA, 8-bit AdamW on flat buffers, pinned batch copies; 32b: 30 rows): the newest record of each,
-    # its runs that were not the first of their process (a process's first configuration ran 2-8 %
+# profiles/b200's whole configuration as it is (shared prefix with the queries in place, fused LoRA,
+# 8-bit AdamW on flat buffers, pinned batch copies; 32b: 30 rows): every record of it since its last
+# change, pooled, so that one machine's spread (2-7 % between sessions) weighs less than in one record
+TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataloader_workers_32b_sixteenth_session.json")
+TRAIN_ALONE = {  # one training on the card: records, configuration, the optimizer it ran
+    "0.5b": (("train_0.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
+    "1.5b": (("train_1.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
+    "3b": (("train_3b_third_session.json",), "workflow", "adamw_torch_fused"),
+    # the runs that were not the first of their process (a process's first configuration ran 2-8 %
     # slower: warm-up beyond the harness's two steps, benchmarks/README.md "Fourteenth session")
-    "7b": (TRAIN_WORKFLOW := "train_flat_optimizer_fifteenth_session.json", "workflow", "adamw_8bit"),
+    "7b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
     "14b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
     "32b": (TRAIN_WORKFLOW, "workflow", "adamw_8bit"),
 }
 # four trainings on one card under MPS (gpu_share 0.25), profiles/b200's whole configuration as it is:
-# tokens/s of the whole card
+# tokens/s of the whole card, every record of it pooled
 TRAIN_PACKED = {
-    "0.5b": "concurrent_0.5b_x4_fifteenth_session.json",
-    "1.5b": "concurrent_1.5b_x4_fifteenth_session.json",
+    "0.5b": ("concurrent_0.5b_x4_fifteenth_session.json",),
+    "1.5b": ("concurrent_1.5b_x4_fifteenth_session.json", "concurrent_1.5b_x4_sixteenth_session.json"),
 }
 TRAIN_PAIRED = {  # two trainings on one card (gpu_share 0.5), profiles/b200's whole configuration as it is
-    "3b": "concurrent_3b_x2_fifteenth_session.json",
+    "3b": ("concurrent_3b_x2_fifteenth_session.json", "concurrent_3b_x2_sixteenth_session.json"),
 }
 # The older records above ran without sizing's shared_prefix and fused_lora; these pairs (one process,
 # or one concurrent run, each with both on and both off) give their gain per shape. A record with both
@@ -72,7 +73,7 @@ TRAIN_LEVERS = "train_levers_seventh_session.json"
 TRAIN_ASYNC = "train_async_optimizer_ninth_session.json"
 # 8-bit AdamW stepping each tensor against flat buffers (sizing flat_8bit_optimizer), ABAB pairs in one
 # process; the cost model's training rates are with flat buffers
-TRAIN_FLAT = TRAIN_WORKFLOW
+TRAIN_FLAT = TRAIN_WORKFLOW[0]
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
@@ -280,21 +281,20 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     def rate(runs: list[dict]) -> float:
         return statistics.mean(r["tokens_per_s"] for r in runs)
 
-    for shape, (name, configuration, _optimizer) in TRAIN_ALONE.items():
-        runs = [r for r in need(name) if r.get("config") == configuration and r.get("shape", shape) == shape
-                and steady_run(r)]
+    for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
+        runs = [r for name in names for r in need(name) if r.get("config") == configuration
+                and r.get("shape", shape) == shape and steady_run(r)]
         if not runs:
-            raise ValueError(f"benchmark record {root / name} has no '{configuration}' run of {shape}")
+            raise ValueError(f"benchmark records {', '.join(names)} in {root} have no '{configuration}' run of {shape}")
         factor = without_levers(shape, runs, m.levers_gain_alone)
         m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs) * factor))
         m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs) * factor
     for shares, table, processes in ((m.train_packed, TRAIN_PACKED, 4), (m.train_paired, TRAIN_PAIRED, 2)):
-        for shape, pattern in table.items():
-            paths = sorted(glob.glob(str(root / pattern)))
-            if not paths:
-                raise FileNotFoundError(f"no benchmark record {root / pattern}: the packed training rate of {shape}")
-            runs = [r for p in paths for r in _read(Path(p)) if r.get("processes") == processes]
-            m.files += [Path(p).name for p in paths]
+        for shape, names in table.items():
+            runs = [r for name in names for r in need(name) if r.get("processes") == processes]
+            if not runs:
+                raise ValueError(f"benchmark records {', '.join(names)} in {root} have no run of {processes} "
+                                 f"trainings at once: the packed training rate of {shape}")
             gains = m.levers_gain_packed if processes == 4 else m.levers_gain_alone  # as train_job applies them
             shares[shape] = (_shape_params(shape), 1 / (rate(runs) * without_levers(shape, runs, gains)))
 
@@ -457,17 +457,19 @@ def assumptions(m: Measurements) -> list[str]:
         f"training: epochs x n_keep rows x {TOKENS_PER_ROW} tokens a row (DESIGN.md: the Qwen template with its "
         f"default system prompt; the benchmark rows were ~115 tokens before the seventh session and ~132 "
         f"since, a per-token rate carries over); the "
-        f"workflow configuration of profiles/b200 (records: {', '.join(sorted({v[0] for v in TRAIN_ALONE.values()}))}"
-        f"; 7b-32b: profiles/b200's whole configuration as it is, the newest record of each, the mean of "
-        f"its runs that were not the first configuration of their process (a first ran 2-8 % slower); "
-        f"host spread: the fifteenth session's machine ran per-tensor 8-bit steps 1-2 % faster than the "
+        f"workflow configuration of profiles/b200 (records: {', '.join(sorted({n for v in TRAIN_ALONE.values() for n in v[0]}))}"
+        f"; 7b-32b: profiles/b200's whole configuration as it is, every record of it since its last change "
+        f"pooled (32b: the fifteenth and the sixteenth session's), the mean of "
+        f"their runs that were not the first configuration of their process (a first ran 2-8 % slower); "
+        f"host spread: the sixteenth session's 32b ran 1.9 % slower than the fifteenth's (4,803 against "
+        f"4,895 tokens/s), the fifteenth session's machine ran per-tensor 8-bit steps 1-2 % faster than the "
         f"fourteenth's (7b 22,075 against 21,659 tokens/s, 32b 4,812 against 4,711), the thirteenth's 7b "
         f"2.5 % slower and 32b 2.3 % faster, the ninth's 32b 7 % faster than the seventh's); sizes with gpu_share 0.25 at the card's rate with "
-        f"four packed trainings ({', '.join(f'{s}: {n}' for s, n in TRAIN_PACKED.items())}: profiles/b200's "
-        f"whole configuration, 60-80 steps, lower bounds: all timed tokens over the span from the first "
+        f"four packed trainings ({'; '.join(f'{s}: ' + ' + '.join(n) for s, n in TRAIN_PACKED.items())}: profiles/b200's "
+        f"whole configuration, 60-80 steps, every record pooled, lower bounds: all timed tokens over the span from the first "
         f"process's timed start to the last one's end), "
         f"so a cell's GPU time is its wall time / 4; gpu_share 0.5 at the card's rate with two trainings, "
-        f"where a record pairs that shape ({', '.join(f'{s}: {n}' for s, n in TRAIN_PAIRED.items())}), "
+        f"where a record pairs that shape ({'; '.join(f'{s}: ' + ' + '.join(n) for s, n in TRAIN_PAIRED.items())}), "
         f"else at one training's",
         "sizing shared_prefix and fused_lora (both on in profiles/b200): the records' rate x the gain of "
         "both against neither (a record that ran with both: its own rate, carried to the rows below), "
