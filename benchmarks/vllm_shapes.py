@@ -13,7 +13,8 @@ run keeps what it measured. The steps:
                 whole steps without torch.compile | graphs_decode: of decode-only steps; N: max_num_seqs instead of
                 the sizing's; plain: without the hashed sampler's logits processor), then --prompts
                 teacher requests drawn by vLLM's per-request generators, the same by the hashed noise
-                (sublim.hashed_noise; not with plain), and the same without seeds (engine seed only),
+                (sublim.hashed_noise; not with plain), and the same without seeds (engine seed only; not
+                with --seeded-only),
                 each pass from an empty prefix cache (a job sees each prompt once)
   render:S      vLLM's own chat() path against the backend's batched render + tokenise (CPU side)
   eval:S        engine start for evaluate (eager, LoRA, 10 random adapters), then 10 epochs x
