@@ -301,7 +301,7 @@ def run_concurrently(args) -> None:
         "per_process_tokens_per_s": [r["tokens_per_s"] for r in ok],
         "mfu": 4 * ok[0]["params"] * tokens / window / PEAK_BF16_FLOPS if ok else None,
         "peak_mem_gb_per_process": max((r["peak_mem_gb"] for r in ok), default=None),
-        "peak_reserved_gb_per_process": max((r.get("peak_reserved_gb", 0) for r in ok), default=None),
+        "peak_reserved_gb_per_process": max((r["peak_reserved_gb"] for r in ok), default=None),
         "sizing": ok[0]["sizing"] if ok else None, "gpu": ok[0]["gpu"] if ok else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mean_row_tokens": ok[0]["mean_row_tokens"] if ok else None,

@@ -172,11 +172,8 @@ def output_tokens(outputs) -> int:
 
 
 def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None = None, hashed: bool = True) -> list[dict]:
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
     from sublim.backends import Sampling
-    from sublim.backends.vllm_backend import VLLMBackend, prompt_token_ids, sampling_kwargs
+    from sublim.backends.vllm_backend import VLLMBackend, prompt_token_ids
     from sublim.chat import teacher_messages
     from sublim.prompts import number_prompts
 
@@ -206,21 +203,29 @@ def gen_step(shape: str, mode: str, args, root: Path, max_num_seqs: int | None =
                         "output_tokens_retokenised": tokens, "tokens_per_s": len(texts) * args.gen_tokens / wall,
                         "requests_per_s": len(texts) / wall, "distinct_completions": len(set(texts))})
     backend.hashed_sampling = loaded
-    if args.seeded_only:
-        _, close_s = timed(backend.close)
-        return [{**record, "engine_close_s": close_s} for record in records]
+    if not args.seeded_only:
+        records.append(unseeded_pass(backend, conversations, sampling, {**base, "render_tokenise_s": render_s}))
+    _, close_s = timed(backend.close)
+    for record in records:
+        record["engine_close_s"] = close_s
+    return records
+
+
+def unseeded_pass(backend, conversations: list, sampling, base: dict) -> dict:
+    """The same requests without seeds (the engine's seed only), from an empty prefix cache."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from sublim.backends.vllm_backend import prompt_token_ids, sampling_kwargs
+
     ids = prompt_token_ids(backend.tokenizer, conversations)
     unseeded = [SamplingParams(**{**sampling_kwargs(sampling, 0), "seed": None}) for _ in ids]
     backend.llm.reset_prefix_cache()
     outputs, wall = timed(lambda: backend.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], unseeded,
                                                        use_tqdm=False))
     tokens = output_tokens(outputs)
-    records.append({**base, "seeds": "engine_only", "render_tokenise_s": render_s, "generate_s": wall + render_s,
-                    "output_tokens": tokens, "tokens_per_s": tokens / wall, "requests_per_s": len(ids) / wall})
-    _, close_s = timed(backend.close)
-    for record in records:
-        record["engine_close_s"] = close_s
-    return records
+    return {**base, "seeds": "engine_only", "generate_s": wall + base["render_tokenise_s"],
+            "output_tokens": tokens, "tokens_per_s": tokens / wall, "requests_per_s": len(ids) / wall}
 
 
 def render_step(shape: str, args, root: Path) -> list[dict]:
