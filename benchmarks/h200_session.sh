@@ -17,7 +17,8 @@
 # WORKFLOW_CONFIG (the workflow's config, benchmarks/configs/smol-gpu.yaml; smol-gpu-quick.yaml checks
 # the path in ~5 min), SHAPES=0 (no vllm_shapes.py), NOISE=0 (no check_hashed_noise.py, the hashed
 # sampler's kernel against its torch reference and vLLM's per-request generators), PROFILES (after
-# TRAIN_PLAN: space-separated SHAPE:CONFIG runs of profile_step.py, e.g. '32b:workflow 14b:workflow'),
+# TRAIN_PLAN: space-separated SHAPE:CONFIG runs of profile_step.py, e.g. '32b:workflow 14b:workflow';
+# PROFILE_ARGS: further arguments, e.g. --gaps),
 # GEMM=1 (gemm_ceiling.py: the step's matmuls alone), START_PLAN (last: space-separated
 # SHAPE:STAGE:METHODS[:CAPTURE_SIZES] runs of engine_start_method.py, capture sizes joined by '/',
 # e.g. '7b:generate:fork,fork 7b:evaluate:fork,fork 7b:generate:fork:1/8/32/128/512'), SYNC_DEBUG
@@ -81,7 +82,8 @@ for run in ${TRAIN_PLAN:-}; do
 done
 for run in ${PROFILES:-}; do
   IFS=: read -r shape config <<< "$run"
-  timeout 400 python3 benchmarks/profile_step.py --shape "$shape" --config "$config" \
+  # shellcheck disable=SC2086  # PROFILE_ARGS is a list of arguments
+  timeout 400 python3 benchmarks/profile_step.py --shape "$shape" --config "$config" ${PROFILE_ARGS:-} \
       --json "$OUT/profile_${shape}_${config}.json" > "$OUT/profile_${shape}_${config}.log" 2>&1
   note "profile $shape $config rc=$?"
 done

@@ -174,6 +174,27 @@ class StepClock(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
+class CollectorPauses:
+    """Python's garbage-collector passes while it is active: count and host seconds per generation."""
+
+    def __init__(self):
+        self.count, self.seconds, self.started = [0, 0, 0], [0.0, 0.0, 0.0], 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - self.started
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self)
+
+
 def random_student(shape: str, sizing: dict):
     config = Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6,
                          attention_dropout=0.0, rms_norm_eps=1e-6)
@@ -219,7 +240,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
     torch.cuda.reset_peak_memory_stats()
     with gathered_queries_attention(trainer) if spec.get("gathered_queries") else contextlib.nullcontext():
         start = time.perf_counter()
-        trainer.train()
+        with CollectorPauses() as pauses:
+            trainer.train()
         wall = time.perf_counter() - start
     seconds = clock.times[-1] - clock.times[warmup - 1]
     to_unix = time.time() - time.perf_counter()
@@ -244,6 +266,9 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         "unix_start": clock.times[warmup - 1] + to_unix, "unix_end": clock.times[-1] + to_unix,
         "step_end_unix": [t + to_unix for t in clock.times[warmup - 1:]],  # the timed steps' ends
         "tokens_per_step": float(row_tokens.mean() * training["effective_batch"]),
+        # Python's collector over the whole training (warm-up included): passes and host seconds,
+        # generations 0, 1, 2
+        "gc_passes": pauses.count, "gc_pause_s": pauses.seconds,
         # tokens a micro-batch's rows share and compute once (sizing shared_prefix; 0 without)
         "shared_prefix_length": int(first_batch.get("shared_prefix_length", 0)), "micro_batch": micro,
         "mps_client": mps_client(),
@@ -342,8 +367,9 @@ def main() -> None:
                 gc.collect()
                 torch.cuda.empty_cache()
             records.append(record)
-            print(json.dumps({k: v for k, v in record.items() if k in
-                              ("shape", "config", "tokens_per_s", "mfu", "peak_mem_gb", "error")}), flush=True)
+            print(json.dumps({k: v for k, v in record.items() if k in ("shape", "config", "tokens_per_s", "mfu",
+                                                                        "peak_mem_gb", "gc_passes", "gc_pause_s",
+                                                                        "error")}), flush=True)
             Path(args.json).write_text(json.dumps(records, indent=1))
     if not args.keep_mps:
         mps.stop_if_started()
