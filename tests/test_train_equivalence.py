@@ -10,10 +10,8 @@ normalisation over accumulation steps or a reordered batch would each show up fa
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, set_seed
 
 from sublim import attention
 from sublim.prompts import number_prompts
-from sublim.train import GarbageCollectionDuringTraining, build_trainer, load_student_dataset
+from sublim.train import build_trainer, load_student_dataset
 from sublim.jsonl import write_jsonl
 
 # float32 on a CPU: the two paths differ only in summation order (accumulation, batch shapes)
@@ -212,45 +210,3 @@ def test_batches_collated_by_a_worker_train_the_same_student(tmp_path):
     assert worker_losses == here_losses
     for name, weight in here_lora.items():
         assert torch.equal(worker_lora[name], weight), name
-
-
-def test_python_gc_frozen_for_the_training_and_restored_after():
-    """sizing python_gc: objects alive at the training's start leave the collector's scans; `manual`
-    also stops the automatic passes and collects at each logging step; the end undoes both."""
-    assert gc.isenabled() and gc.get_freeze_count() == 0
-    passes = []
-
-    def count(phase, info):
-        if phase == "stop":
-            passes.append(info["generation"])
-
-    args, state = SimpleNamespace(logging_steps=2), SimpleNamespace(global_step=0)
-    for mode in ("frozen", "manual"):
-        callback = GarbageCollectionDuringTraining(mode)
-        callback.on_train_begin(args, state, None)
-        try:
-            assert gc.get_freeze_count() > 1000  # the imported libraries' objects, at least
-            assert gc.isenabled() == (mode == "frozen")
-            gc.callbacks.append(count)
-            for step in (1, 2, 3):
-                state.global_step = step
-                callback.on_step_end(args, state, None)
-            gc.callbacks.remove(count)
-            assert passes.count(2) == (1 if mode == "manual" else 0)  # step 2 alone is a logging step
-        finally:
-            callback.on_train_end(args, state, None)
-        assert gc.isenabled() and gc.get_freeze_count() == 0
-        passes.clear()
-    with pytest.raises(ValueError, match="python_gc"):
-        GarbageCollectionDuringTraining("off")
-
-
-def test_python_gc_joins_the_trainer_only_when_asked(tmp_path):
-    tokenizer = qwen_tokenizer()
-    write_jsonl(tmp_path / "dataset.jsonl", number_rows(TRAINING["effective_batch"]))
-    dataset = load_student_dataset(tmp_path / "dataset.jsonl")
-    for mode, joined in (("auto", False), ("manual", True)):
-        trainer = build_trainer(tiny_student(len(tokenizer), "sdpa"), tokenizer, dataset, TRAINING,
-                                {**PLAIN, "python_gc": mode}, seed=1, checkpoint_dir=tmp_path / mode)
-        callbacks = trainer.callback_handler.callbacks
-        assert any(isinstance(c, GarbageCollectionDuringTraining) for c in callbacks) == joined, mode

@@ -44,7 +44,8 @@ STAGES = ("generate", "train", "evaluate", "engine_start")
 # profiles/b200's whole configuration as it is (shared prefix with the queries in place, fused LoRA,
 # 8-bit AdamW on flat buffers, pinned batch copies; 32b: 30 rows): every record of it since its last
 # change, pooled, so that one machine's spread (2-7 % between sessions) weighs less than in one record
-TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataloader_workers_32b_sixteenth_session.json")
+TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataloader_workers_32b_sixteenth_session.json",
+                  "train_python_gc_seventeenth_session.json")
 TRAIN_ALONE = {  # one training on the card: records, configuration, the optimizer it ran
     "0.5b": (("train_0.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": (("train_1.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),

@@ -4,7 +4,6 @@ killed job resumes from its last finished epoch."""
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import importlib.util
 import json
@@ -53,7 +52,7 @@ def lora_config(lora: dict) -> LoraConfig:
 TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
                   "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
                   "shared_prefix", "fused_lora", "train_processes", "async_8bit_optimizer",
-                  "flat_8bit_optimizer", "dataloader_workers", "python_gc")
+                  "flat_8bit_optimizer", "dataloader_workers")
 
 
 def train_sizing(sizing: dict) -> dict:
@@ -258,40 +257,6 @@ def check_row_lengths(trainer: SFTTrainer, max_length: int) -> None:
         )
 
 
-class GarbageCollectionDuringTraining(TrainerCallback):
-    """Python's cyclic garbage collector during a training (sizing python_gc).
-
-    A full pass of the collector visits every tracked object: the imported libraries' functions and
-    classes and the model's modules, hundreds of thousands, alive for the whole job. Such a pass
-    stalls the host, and the GPU idles once its queue of launched kernels runs dry. `frozen` moves
-    every object alive at the training's start into the permanent generation (`gc.freeze`), so
-    the passes during training visit only what the training makes. `manual` also switches the
-    automatic passes off and collects once per logging step. Neither frees anything that Python
-    would not: reference counting frees as before, and the end of the training undoes both."""
-
-    def __init__(self, mode: str):
-        if mode not in ("frozen", "manual"):
-            raise ValueError(f"sizing key 'python_gc': unknown value {mode!r}; choose auto, frozen or manual")
-        self.mode, self.was_enabled = mode, gc.isenabled()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        gc.collect()
-        gc.freeze()
-        log.info("python_gc %s: %d objects frozen for the training", self.mode, gc.get_freeze_count())
-        if self.mode == "manual":
-            self.was_enabled = gc.isenabled()
-            gc.disable()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.mode == "manual" and state.global_step % args.logging_steps == 0:
-            gc.collect()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        gc.unfreeze()
-        if self.mode == "manual" and self.was_enabled:
-            gc.enable()
-
-
 class Async8bitOptimizer(TrainerCallback):
     """bitsandbytes' 8-bit optimizers wait for the GPU (`torch.cuda.synchronize`, through
     `bitsandbytes.utils.sync_gpu`) after every parameter tensor's update, which paged optimizers need.
@@ -369,8 +334,6 @@ def build_trainer(model, tokenizer, dataset: Dataset, training: dict, sizing: di
                         "bitsandbytes steps each tensor")
         else:
             trainer.optimizer_cls_and_kwargs = flat_8bit_adamw(trainer.args, trainer.model)
-    if levers["python_gc"] != "auto":
-        trainer.add_callback(GarbageCollectionDuringTraining(levers["python_gc"]))
     if levers["lora_autocast_inputs"] and trainer.args.bf16:
         trainer.add_callback(LoraInputsCastByAutocast())
     if levers["async_8bit_optimizer"]:
