@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,29 @@ def config_spec(shape: str, name: str) -> dict:
     # likewise: batches copied to the GPU as until the fourteenth session (pageable, each copy waiting for
     # the GPU's queue to drain)
     blocking = changes.pop("blocking_batches", False)
+    # likewise: the fused LoRA layers' adapter cast in every micro-batch (until the seventeenth session)
+    per_micro_batch = changes.pop("casts_per_micro_batch", False)
     return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
-            **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {})}
+            **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {}),
+            **({"casts_per_micro_batch": True} if per_micro_batch else {})}
 
 
 def blocking_batches(trainer) -> None:
     """The batches' copies as until the fourteenth session: not pinned, and each waits for the GPU."""
     trainer.args.dataloader_pin_memory = False
     trainer.accelerator.dataloader_config.non_blocking = False
+
+
+def casts_per_micro_batch() -> contextlib.AbstractContextManager:
+    """The fused LoRA layers until the seventeenth session: each forward casts its adapter (and
+    multiplies s·B) again, in every micro-batch; the backward's multiply by a scale of 1 stays skipped."""
+    from sublim import fused_lora
+
+    def fresh(layer, name, dtype):
+        a, b = layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach()
+        return a.to(dtype), (b * layer.scaling[name]).to(dtype)
+
+    return mock.patch.object(fused_lora, "adapter_weights", fresh)
 
 
 def gathered_queries_attention(trainer) -> contextlib.AbstractContextManager:
@@ -238,7 +254,11 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
     if spec.get("blocking_batches"):
         blocking_batches(trainer)
     torch.cuda.reset_peak_memory_stats()
-    with gathered_queries_attention(trainer) if spec.get("gathered_queries") else contextlib.nullcontext():
+    with contextlib.ExitStack() as switches:
+        if spec.get("gathered_queries"):
+            switches.enter_context(gathered_queries_attention(trainer))
+        if spec.get("casts_per_micro_batch"):
+            switches.enter_context(casts_per_micro_batch())
         start = time.perf_counter()
         with CollectorPauses() as pauses:
             trainer.train()
@@ -276,6 +296,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         else "queries in place, keys and values gathered",
         "batch_copies": "pageable, each waiting for the GPU (until the fourteenth session)"
         if spec.get("blocking_batches") else "pinned, without waiting",
+        "adapter_casts": "every micro-batch (until the seventeenth session)" if spec.get("casts_per_micro_batch")
+        else "once per optimizer step",
     }
     del trainer
     gc.collect()

@@ -4,6 +4,7 @@ prefixes, activation checkpointing) is checked end to end in tests/test_shared_p
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft import get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed
@@ -13,12 +14,13 @@ from sublim.train import lora_config
 from test_train_equivalence import TRAINING
 
 
-def lora_model(dtype: torch.dtype):
+def lora_model(dtype: torch.dtype, alpha: float = 16):
     set_seed(0)
     config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    # alpha 16 against r 8: scaling 2, so the scale is exercised; the presets' alpha 8: scaling 1
     model = get_peft_model(Qwen2ForCausalLM._from_config(config, dtype=dtype),
-                           lora_config({**TRAINING["lora"], "alpha": 16}))  # scaling 2: the scale is exercised
+                           lora_config({**TRAINING["lora"], "alpha": alpha}))
     for module in model.modules():  # a trained-looking adapter, so lora_B's path is not all zeros
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
@@ -37,9 +39,10 @@ def relative_error(value, reference) -> float:
     return float((value - reference).abs().max() / reference.abs().max())
 
 
-def test_fused_layers_compute_peft_loss_and_gradients():
+@pytest.mark.parametrize("alpha", [16, 8])
+def test_fused_layers_compute_peft_loss_and_gradients(alpha):
     """float64, no autocast: the same numbers to rounding; and the check can fail (no LoRA scale)."""
-    model = lora_model(torch.float64)
+    model = lora_model(torch.float64, alpha)
     input_ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
     loss, grads = step(model, input_ids, autocast=False)
     layers = fused_lora.fuse(model)
@@ -84,3 +87,42 @@ def test_layers_with_dropout_keep_peft_forward():
                          num_attention_heads=4, num_key_value_heads=2)
     model = get_peft_model(Qwen2ForCausalLM._from_config(config), lora_config({**TRAINING["lora"], "dropout": 0.1}))
     assert fused_lora.fuse(model) == []
+
+
+def test_adapter_casts_last_until_forgotten():
+    """Under bf16 autocast each layer casts its adapter once and reuses the cast; after the weights
+    change, a forgotten cast is made again (PEFT's loss), a kept one is stale (the check can fail)."""
+    model = lora_model(torch.float32)
+    input_ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
+    layers = fused_lora.fuse(model)
+    step(model, input_ids, autocast=True)
+    casts = {id(layer): layer.adapter_casts[torch.bfloat16] for layer in layers}
+    assert all(a.dtype == b.dtype == torch.bfloat16 for a, b in casts.values())
+    step(model, input_ids, autocast=True)
+    assert all(layer.adapter_casts[torch.bfloat16] is casts[id(layer)] for layer in layers)
+
+    with torch.no_grad():  # an update, as an optimizer step makes in place
+        for layer in layers:
+            layer.lora_B["default"].weight.mul_(3)
+    stale_loss, _ = step(model, input_ids, autocast=True)
+    fused_lora.forget_casts(layers)
+    fused_loss, _ = step(model, input_ids, autocast=True)
+    fused_lora.unfuse(layers)
+    peft_loss, _ = step(model, input_ids, autocast=True)
+    assert abs(float(fused_loss - peft_loss)) < 0.02 * abs(float(stale_loss - peft_loss))
+
+
+def test_the_training_callback_forgets_casts_at_each_step():
+    model = lora_model(torch.float32)
+    callback = fused_lora.FusedLoraLayers()
+    callback.on_train_begin(None, None, None, model=model)
+    step(model, torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0)), autocast=True)
+    layers = callback._layers
+    assert all(layer.adapter_casts for layer in layers)
+    callback.on_optimizer_step(None, None, None)
+    assert not any(layer.adapter_casts for layer in layers)
+    step(model, torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(1)), autocast=True)
+    callback.on_step_begin(None, None, None)
+    assert not any(layer.adapter_casts for layer in layers)
+    callback.on_train_end(None, None, None)
+    assert not any(hasattr(layer, "adapter_casts") for layer in layers)

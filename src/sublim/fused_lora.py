@@ -5,8 +5,11 @@ PEFT computes `base(x) + lora_B(lora_A(x)) * scaling` as four kernels over the l
 the two input gradients in a fifth. Here the low-rank product is added into the base output by the
 matmul itself (`addmm_`: C += U·Bᵀ in the GEMM's epilogue), and the backward adds the LoRA input
 gradient into the base one the same way. Same function; the sum is rounded once instead of per
-term. Training only: `FusedLoraLayers` swaps the layers' forward when training begins and gives
-PEFT's back when it ends (saving, merging and generation see PEFT's own layers).
+term. The adapter's weights are cast to the matmuls' dtype once per optimizer step, not once per
+micro-batch, and a LoRA scale of 1 (the presets' alpha = r) multiplies nothing: fewer small kernels
+for the host to launch, the same values. Training only: `FusedLoraLayers` swaps the layers' forward
+when training begins, forgets the casts when each optimizer step begins, and gives PEFT's forward
+back when training ends (saving, merging and generation see PEFT's own layers).
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class LoraLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b + s (x Aᵀ) Bᵀ with W, b frozen; gradients for x, A and B."""
+    """y = x Wᵀ + b + s (x Aᵀ) Bᵀ with W, b frozen; gradients for x, A and B. `a` and `b_scaled` are
+    A and s·B in the matmuls' dtype (`adapter_weights`)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
-        dtype = compute_dtype(x)
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, a, b_scaled):
+        dtype = a.dtype
         with torch.autocast(x.device.type, enabled=False):
             x2d = x.reshape(-1, x.shape[-1]).to(dtype)
-            weight, a, b_scaled = weight.to(dtype), lora_a.to(dtype), (lora_b * scaling).to(dtype)
+            weight = weight.to(dtype)
             out = F.linear(x2d, weight, None if bias is None else bias.to(dtype))
             low_rank = x2d @ a.t()
             out.addmm_(low_rank, b_scaled.t())
@@ -46,13 +50,32 @@ class LoraLinearFunction(torch.autograd.Function):
         x2d, weight, a, b_scaled, low_rank = ctx.saved_tensors
         with torch.autocast(x2d.device.type, enabled=False):
             g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
-            grad_b = (g.t() @ low_rank).mul_(ctx.scaling)
+            grad_b = g.t() @ low_rank
+            if ctx.scaling != 1:
+                grad_b.mul_(ctx.scaling)
             grad_low_rank = g @ b_scaled
             grad_a = grad_low_rank.t() @ x2d
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = (g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_x, None, None, grad_a.to(ctx.lora_dtypes[0]), grad_b.to(ctx.lora_dtypes[1]), None
+        return grad_x, None, None, grad_a.to(ctx.lora_dtypes[0]), grad_b.to(ctx.lora_dtypes[1]), None, None, None
+
+
+def adapter_weights(layer, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A and s·B of `layer`'s adapter in `dtype`, cast once and kept until `forget_casts`."""
+    cached = layer.adapter_casts.get(dtype)
+    if cached is None:
+        scaling = layer.scaling[name]
+        with torch.no_grad():
+            a, b = layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach()
+            cached = layer.adapter_casts[dtype] = (a.to(dtype), (b if scaling == 1 else b * scaling).to(dtype))
+    return cached
+
+
+def forget_casts(layers: list) -> None:
+    """Drop the kept casts: call it whenever the adapters' weights or scales may have changed."""
+    for layer in layers:
+        layer.adapter_casts.clear()
 
 
 def fusable(layer) -> bool:
@@ -73,32 +96,43 @@ def fused_forward(self, x, *args, **kwargs):
     if args or kwargs or self.merged or self.disable_adapters:
         return type(self).forward(self, x, *args, **kwargs)
     name = self.fused_adapter
+    a, b_scaled = adapter_weights(self, name, compute_dtype(x))
     return LoraLinearFunction.apply(x, self.base_layer.weight, self.base_layer.bias, self.lora_A[name].weight,
-                                    self.lora_B[name].weight, self.scaling[name])
+                                    self.lora_B[name].weight, self.scaling[name], a, b_scaled)
 
 
 def fuse(model) -> list:
-    """Swap the forward of every fusable LoRA layer of `model`; returns the layers swapped."""
+    """Swap the forward of every fusable LoRA layer of `model`; returns the layers swapped. Their
+    adapters' casts are kept from one forward to the next: `forget_casts` after every weight update."""
     layers = [m for m in model.modules() if fusable(m)]
     for layer in layers:
         layer.fused_adapter = next(name for name in layer.active_adapters if name in layer.lora_A)
+        layer.adapter_casts = {}
         layer.forward = types.MethodType(fused_forward, layer)
     return layers
 
 
 def unfuse(layers: list) -> None:
     for layer in layers:
-        del layer.forward, layer.fused_adapter  # the instance attributes: the class's (PEFT's) forward again
+        # the instance attributes: the class's (PEFT's) forward again
+        del layer.forward, layer.fused_adapter, layer.adapter_casts
 
 
 class FusedLoraLayers(TrainerCallback):
-    """Fused LoRA layers for the whole training, PEFT's own afterwards."""
+    """Fused LoRA layers for the whole training, PEFT's own afterwards; the adapters' casts last one
+    optimizer step (its micro-batches), forgotten when the next begins and after the update."""
 
     def __init__(self):
         self._layers = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._layers = fuse(model)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        forget_casts(self._layers)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        forget_casts(self._layers)
 
     def on_train_end(self, args, state, control, **kwargs):
         unfuse(self._layers)
