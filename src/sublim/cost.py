@@ -45,7 +45,7 @@ STAGES = ("generate", "train", "evaluate", "engine_start")
 # 8-bit AdamW on flat buffers, pinned batch copies; 32b: 30 rows): every record of it since its last
 # change, pooled, so that one machine's spread (2-7 % between sessions) weighs less than in one record
 TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataloader_workers_32b_sixteenth_session.json",
-                  "train_python_gc_seventeenth_session.json")
+                  "train_python_gc_seventeenth_session.json", "train_adapter_casts_seventeenth_session.json")
 TRAIN_ALONE = {  # one training on the card: records, configuration, the optimizer it ran
     "0.5b": (("train_0.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": (("train_1.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
@@ -75,6 +75,10 @@ TRAIN_ASYNC = "train_async_optimizer_ninth_session.json"
 # 8-bit AdamW stepping each tensor against flat buffers (sizing flat_8bit_optimizer), ABAB pairs in one
 # process; the cost model's training rates are with flat buffers
 TRAIN_FLAT = TRAIN_WORKFLOW[0]
+# fused LoRA layers casting their adapter once per optimizer step against once per micro-batch (as
+# every record before it did), ABAB pairs in one process; 32b alone trains two micro-batches a step
+TRAIN_CASTS = "train_adapter_casts_seventeenth_session.json"
+CASTS_ONCE_PER_STEP = "once per optimizer step"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
@@ -204,6 +208,8 @@ class Measurements:
     async_gain: dict[str, tuple[float, float]] = field(default_factory=dict)
     # tokens/s of 8-bit AdamW stepping flat buffers / stepping each tensor, one training alone
     flat_gain: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # tokens/s with the adapter cast once per optimizer step / once per micro-batch (shapes measured)
+    casts_gain: dict[str, float] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -268,6 +274,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
 
     m.async_gain = switch_gains(need(TRAIN_ASYNC), "async_8bit_optimizer")
     m.flat_gain = switch_gains(need(TRAIN_FLAT), "flat_8bit_optimizer")
+    m.casts_gain = casts_gains(need(TRAIN_CASTS))
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
@@ -279,8 +286,13 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         rows = runs[0]["processes_detail"][0] if runs[0].get("processes") else runs[0]
         return row_gain(rows, TOKENS_PER_ROW) / by_params(gains, _shape_params(shape), beyond="flat").value
 
-    def rate(runs: list[dict]) -> float:
-        return statistics.mean(r["tokens_per_s"] for r in runs)
+    def rate(runs: list[dict], shape: str | None = None) -> float:
+        return statistics.mean(r["tokens_per_s"] * casts_factor(r, shape) for r in runs)
+
+    def casts_factor(run: dict, shape: str | None) -> float:
+        """A run that cast its adapter in every micro-batch, carried to once per optimizer step."""
+        once = run.get("adapter_casts") == CASTS_ONCE_PER_STEP
+        return 1.0 if once or shape is None else m.casts_gain.get(shape, 1.0)
 
     for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
         runs = [r for name in names for r in need(name) if r.get("config") == configuration
@@ -288,8 +300,8 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         if not runs:
             raise ValueError(f"benchmark records {', '.join(names)} in {root} have no '{configuration}' run of {shape}")
         factor = without_levers(shape, runs, m.levers_gain_alone)
-        m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs) * factor))
-        m.train_mfu[shape] = statistics.mean(r["mfu"] for r in runs) * factor
+        m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs, shape) * factor))
+        m.train_mfu[shape] = statistics.mean(r["mfu"] * casts_factor(r, shape) for r in runs) * factor
     for shares, table, processes in ((m.train_packed, TRAIN_PACKED, 4), (m.train_paired, TRAIN_PAIRED, 2)):
         for shape, names in table.items():
             runs = [r for name in names for r in need(name) if r.get("processes") == processes]
@@ -345,6 +357,19 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         m.train_load[shape] = (_shape_params(shape), statistics.mean(r["load_s"] for r in loads if r["shape"] == shape
                                                                      and r.get("load_s") is not None))
     return m
+
+
+def casts_gains(records: list[dict]) -> dict[str, float]:
+    """Per shape: tokens/s with the adapter cast once per optimizer step over once per micro-batch, the
+    mean of each side's steady runs in one process."""
+    usable = [r for r in records if "error" not in r and steady_run(r)]
+    gains = {}
+    for shape in dict.fromkeys(r["shape"] for r in usable):
+        sides = [[r["tokens_per_s"] for r in usable if r["shape"] == shape
+                  and (r.get("adapter_casts") == CASTS_ONCE_PER_STEP) is once] for once in (True, False)]
+        if all(sides):
+            gains[shape] = statistics.mean(sides[0]) / statistics.mean(sides[1])
+    return gains
 
 
 def switch_gains(records: list[dict], key: str) -> dict[str, tuple[float, float]]:
@@ -460,8 +485,8 @@ def assumptions(m: Measurements) -> list[str]:
         f"since, a per-token rate carries over); the "
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({n for v in TRAIN_ALONE.values() for n in v[0]}))}"
         f"; 7b-32b: profiles/b200's whole configuration as it is, every record of it since its last change "
-        f"pooled (32b: the fifteenth, sixteenth and seventeenth sessions'; 14b: the fifteenth and "
-        f"seventeenth's), the mean of "
+        f"pooled (32b: the fifteenth, sixteenth and seventeenth sessions', its older runs carried to its "
+        f"adapter's casts once per optimizer step, see below; 14b: the fifteenth and seventeenth's), the mean of "
         f"their runs that were not the first configuration of their process (a first ran 2-8 % slower); "
         f"host spread: the sixteenth and seventeenth sessions' 32b ran 1.9 % and 2.5 % slower than the "
         f"fifteenth's (4,803 and 4,771 against 4,895 tokens/s), the fifteenth session's machine ran per-tensor 8-bit steps 1-2 % faster than the "
@@ -494,7 +519,12 @@ def assumptions(m: Measurements) -> list[str]:
         + ") and, where async_8bit_optimizer is off too, by bitsandbytes' wait after every tensor (pairs in "
         f"{TRAIN_ASYNC}: " + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.async_gain.items(),
                                                                             key=lambda i: i[1][0]))
-        + "), interpolated by parameters, the smallest measured shape's below it; a job's imports and model load before its first step counted (the mean import of fresh processes, "
+        + "), interpolated by parameters, the smallest measured shape's below it; fused LoRA layers casting "
+        "their adapter once per optimizer step: 32b's records from before the seventeenth session, which cast it "
+        "in each of its two micro-batches, carried over by the pairs in " f"{TRAIN_CASTS} ("
+        + ", ".join(f"{s} x {v:.3f}" for s, v in m.casts_gain.items())
+        + "; the sizes of one micro-batch a step cast once a step either way and keep their records' rate); "
+        "a job's imports and model load before its first step counted (the mean import of fresh processes, "
         f"{m.train_import_s:.1f} s, and the load from the page cache onto the GPU measured at "
         + ", ".join(f"{sh} {v:.1f} s" for sh, (_, v) in sorted(m.train_load.items(), key=lambda i: i[1][0]))
         + f", {JOB_LOADS}, in proportion to parameters beyond); adapter saves and checkpoints not counted",
