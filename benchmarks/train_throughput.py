@@ -27,8 +27,8 @@ import os
 import sys
 import tempfile
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
