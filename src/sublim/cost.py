@@ -291,8 +291,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
 
     def casts_factor(run: dict, shape: str | None) -> float:
         """A run that cast its adapter in every micro-batch, carried to once per optimizer step."""
-        once = run.get("adapter_casts") == CASTS_ONCE_PER_STEP
-        return 1.0 if once or shape is None else m.casts_gain.get(shape, 1.0)
+        return 1.0 if run.get("adapter_casts") == CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
 
     for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
         runs = [r for name in names for r in need(name) if r.get("config") == configuration
@@ -359,30 +358,27 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     return m
 
 
-def casts_gains(records: list[dict]) -> dict[str, float]:
-    """Per shape: tokens/s with the adapter cast once per optimizer step over once per micro-batch, the
-    mean of each side's steady runs in one process."""
-    usable = [r for r in records if "error" not in r and steady_run(r)]
+def pair_gains(records: list[dict], on) -> dict[str, float]:
+    """Per shape: tokens/s of the runs where `on(record)` over the others, the mean of each side's runs
+    in pairs of one process (steady_run's); a record marked `"projection": false` says why it is left out."""
+    usable = [r for r in records if "error" not in r and r.get("projection", True) and steady_run(r)]
     gains = {}
     for shape in dict.fromkeys(r["shape"] for r in usable):
-        sides = [[r["tokens_per_s"] for r in usable if r["shape"] == shape
-                  and (r.get("adapter_casts") == CASTS_ONCE_PER_STEP) is once] for once in (True, False)]
+        sides = [[r["tokens_per_s"] for r in usable if r["shape"] == shape and on(r) is side] for side in (True, False)]
         if all(sides):
             gains[shape] = statistics.mean(sides[0]) / statistics.mean(sides[1])
     return gains
 
 
+def casts_gains(records: list[dict]) -> dict[str, float]:
+    """Per shape: tokens/s with the adapter cast once per optimizer step over once per micro-batch."""
+    return pair_gains(records, lambda r: r.get("adapter_casts") == CASTS_ONCE_PER_STEP)
+
+
 def switch_gains(records: list[dict], key: str) -> dict[str, tuple[float, float]]:
-    """Per shape: tokens/s with the sizing switch `key` on over off, the mean of each side's runs in
-    pairs of one process (steady_run's); a record marked `"projection": false` says why it is left out."""
-    usable = [r for r in records if "error" not in r and r.get("projection", True) and steady_run(r)]
-    gains = {}
-    for shape in dict.fromkeys(r["shape"] for r in usable):
-        sides = [[r["tokens_per_s"] for r in usable if r["shape"] == shape and bool((r.get("sizing") or {}).get(key)) is on]
-                 for on in (True, False)]
-        if all(sides):
-            gains[shape] = (_shape_params(shape), statistics.mean(sides[0]) / statistics.mean(sides[1]))
-    return gains
+    """Per shape: (parameters, tokens/s with the sizing switch `key` on over off)."""
+    gains = pair_gains(records, lambda r: bool((r.get("sizing") or {}).get(key)))
+    return {shape: (_shape_params(shape), gain) for shape, gain in gains.items()}
 
 
 def graphs_figures(records: list[dict]) -> tuple[dict[str, tuple[float, float]], float]:
