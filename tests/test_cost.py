@@ -267,6 +267,42 @@ def test_a_hashed_pass_after_a_pass_over_the_same_prompts_is_not_a_factor():
     assert eighth and cost.hashed_factors(eighth) == {}
 
 
+def test_a_batch_pair_gives_its_time_ratio_and_the_start_it_adds_within_one_session():
+    run = {"stage": "generate", "seeds": "per_request", "shape": "32b", "mode": "eager", "engine_close_s": 1.0}
+    records = [{**run, "session": "a", "max_num_seqs": 1024, "generate_s": 50.0, "engine_start_s": 200.0,
+                "first_engine_on_machine": True},
+               {**run, "session": "a", "max_num_seqs": 512, "generate_s": 55.0, "engine_start_s": 40.0},
+               {**run, "session": "a", "max_num_seqs": 1024, "generate_s": 52.0, "engine_start_s": 38.0},
+               {**run, "session": "a", "max_num_seqs": 512, "generate_s": 53.0, "engine_start_s": 44.0},
+               {**run, "session": "b", "max_num_seqs": 256, "generate_s": 90.0, "engine_start_s": 30.0}]
+    figures = cost.batch_figures(records)
+    time, added = figures[("32b", "eager", 1024, 512)]
+    assert time == pytest.approx(51.0 / 54.0)
+    assert added == 0.0  # 39 s against 43 s: shorter is the runs' spread, not the batch's
+    assert figures[("32b", "eager", 512, 1024)][1] == pytest.approx(4.0)
+    assert not any(256 in key for key in figures)  # another session's batch pairs with nothing
+    # a batch whose only engine was the machine's first has no start to compare: no figure
+    assert cost.batch_figures(records[:2]) == {}
+
+
+def test_a_sizing_batch_other_than_the_records_pays_its_measured_pair_only_at_that_shape(grid, m):
+    """profiles/b200 samples 32b with 1,024 sequences (eager): its generation takes the same session's
+    1,024-against-512 ratio; a sizing at the record's own batch, and a shape without a pair, take none."""
+    assert m.generate_batch["32b"] == 512 and cost.sizing_for(grid, "32b")["max_num_seqs"] == 1024
+    wide = cost.generate_job(grid, "32b", m)
+    narrow_sizing = {**grid["sizing"], "32b": {**grid["sizing"]["32b"], "max_num_seqs": 512}}
+    narrow = cost.generate_job({**grid, "sizing": narrow_sizing}, "32b", m)
+    time, added = m.batch_figures[("32b", "eager", 1024, 512)]
+    assert 0.9 < time < 1.0
+    assert wide.card_s["generate"] == pytest.approx(narrow.card_s["generate"] * time)
+    assert wide.card_s["engine_start"] == pytest.approx(narrow.card_s["engine_start"] + added)
+    assert "1024 sequences" in wide.basis["generate"] and "sequences" not in narrow.basis["generate"]
+    for size in ("0.5b", "7b", "14b"):  # profiles/b200 keeps 512 there: the records' own batch
+        assert "sequences" not in cost.generate_job(grid, size, m).basis["generate"], size
+    beyond = {**grid["sizing"], "72b": {**grid["sizing"]["72b"], "max_num_seqs": 1024}}
+    assert "sequences" not in cost.generate_job({**grid, "sizing": beyond}, "72b", m).basis["generate"]
+
+
 def test_a_compiled_job_start_with_a_filled_cache_is_measured_against_the_eager_start(m):
     """The warm compile: forked compiled generate jobs' start and close less the eager start the
     model takes for their shape (its spawned record less the fork saving)."""

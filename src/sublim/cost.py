@@ -14,6 +14,7 @@ packed trainings) for an hour costs 0.25 GPU-hours.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ JOB_COMPILED = "engine_start_compiled_7b_eleventh_session.json"
 # engines with CUDA graphs and without torch.compile (sizing engine_torch_compile false) against compiled
 # and eager ones: same session, prompts and batch
 VLLM_GRAPHS = "vllm_graphs_thirteenth_session.json"
+# generate engines at two batch widths (max_num_seqs), same session, shape and mode: what a sizing's batch
+# other than the generation rate's record's changes
+VLLM_BATCH = ("vllm_batch_sixteenth_session.json", "vllm_batch_eighteenth_session.json")
 START_METHODS = "engine_start_method_h200.json"  # the vLLM records' engines were spawned; jobs fork
 # fresh processes importing torch, transformers and PEFT and loading a model's saved bf16 weights onto
 # the GPU from the page cache: what a training job does before its first step
@@ -237,6 +241,10 @@ class Measurements:
     # generation time with hashed_sampling / with vLLM's own seeded sampler on an engine without the
     # hashed sampler's processor, per shape (same session, mode and batch, empty prefix cache each pass)
     hashed_factor: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the max_num_seqs of each shape's generation rate record; per (shape, mode, batch, record's batch):
+    # generation time at batch over the record's batch, and the seconds its start and close add (>= 0)
+    generate_batch: dict[str, int] = field(default_factory=dict)
+    batch_figures: dict[tuple[str, str, int, int], tuple[float, float]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
 
@@ -315,6 +323,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         shape, p = r["shape"], _shape_params(r["shape"])
         if r["stage"] == "generate" and r["mode"] == "eager" and r["seeds"] == "per_request":
             m.generate_token[shape] = (p, r["generate_s"] / (r["prompts"] * r["max_tokens"]))
+            m.generate_batch[shape] = r["max_num_seqs"]
             if not r.get("first_engine_on_machine"):  # that start holds vLLM's one-time kernel JIT
                 m.start_generate[shape] = (p, r["engine_start_s"] + r["engine_close_s"])
             m.completion_tokens = r["max_tokens"]
@@ -342,6 +351,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
                            if base.get("first_engine_on_machine") else base["engine_start_s"])
             m.compile_cold[r["shape"]] = (p, r["engine_start_s"] - eager_start)
     m.hashed_factor = hashed_factors(need(VLLM_HASHED))
+    m.batch_figures = batch_figures([r for name in VLLM_BATCH for r in need(name)])
     start_runs = need(START_METHODS)
     starts = {method: [r["engine_start_s"] + r["close_s"] for r in start_runs
                        if r.get("method") == method and "error" not in r] for method in ("spawn", "fork")}
@@ -402,6 +412,28 @@ def graphs_figures(records: list[dict]) -> tuple[dict[str, tuple[float, float]],
         raise ValueError(f"{VLLM_GRAPHS} needs a graphs engine beside a compiled one and beside an eager one "
                          "of the same shape and batch")
     return factor, statistics.mean(extra)
+
+
+def batch_figures(records: list[dict]) -> dict[tuple[str, str, int, int], tuple[float, float]]:
+    """Per (shape, mode, batch, other batch) measured in one session: the seeded generation's time at
+    `batch` sequences over its time at the other (means of the runs), and what the wider or narrower
+    engine's start and close add (a machine's first engine, which holds vLLM's one-time kernel JIT, left
+    out, and a pair without such a start on both sides left out; at least 0: a batch never makes a start
+    shorter, a negative difference is the runs' spread)."""
+    runs = [r for r in records if "error" not in r and r.get("stage") == "generate" and r.get("seeds") == "per_request"]
+    groups: dict[tuple, dict[int, list[dict]]] = {}
+    for r in runs:
+        groups.setdefault((r.get("session"), r["shape"], r["mode"]), {}).setdefault(r["max_num_seqs"], []).append(r)
+    figures = {}
+    for (_session, shape, mode), batches in groups.items():
+        for batch, other in itertools.permutations(batches, 2):
+            time = (statistics.mean(r["generate_s"] for r in batches[batch])
+                    / statistics.mean(r["generate_s"] for r in batches[other]))
+            starts = [[r["engine_start_s"] + r["engine_close_s"] for r in batches[b]
+                       if not r.get("first_engine_on_machine")] for b in (batch, other)]
+            if all(starts):  # else the batch's start is unmeasured: no figure
+                figures[(shape, mode, batch, other)] = (time, max(0.0, statistics.mean(starts[0]) - statistics.mean(starts[1])))
+    return figures
 
 
 def compile_warm(jobs: list[dict], m: Measurements) -> float:
@@ -548,6 +580,12 @@ def assumptions(m: Measurements) -> list[str]:
         + ", ".join(f"{s} x {v:.2f}" for s, (_, v) in sorted(m.graphs_factor.items(), key=lambda i: i[1][0]))
         + f"), interpolated by parameters, flat beyond; an engine start and close {m.graphs_start_s:.0f} s longer "
         f"than an eager one's at every job (nothing compiled, nothing cached; {VLLM_GRAPHS})",
+        "a sizing's max_num_seqs other than its shape's rate record's: the generation time x the same "
+        "session's pair of the two batches at that shape and engine mode, its start longer by the pair's "
+        "difference (at least 0), only at a shape measured so (" + ", ".join(
+            f"{s} {mode} {b} against {o}: x {t:.3f}, + {a:.0f} s" for (s, mode, b, o), (t, a)
+            in sorted(m.batch_figures.items(), key=lambda i: (_shape_params(i[0][0]), i[0][2])) if b > o)
+        + f"; {', '.join(VLLM_BATCH)})",
         f"evaluation: answers of {m.answer_tokens} tokens (the records' max_tokens; the seed's real answers are "
         "one word); every evaluated epoch's adapter in one submission; a fixed cost per adapter and a cost "
         "per request, both from the 100- and 1,000-request records; the base model's job counted as one adapter",
@@ -651,6 +689,13 @@ def generate_job(config: dict, size: str, m: Measurements) -> JobCost:
         graphs = by_params(m.graphs_factor, params, beyond="flat")
         work *= graphs.value
         mode += f", x {graphs.value:.2f} with CUDA graphs alone ({graphs.basis})"
+    batch, recorded = sizing["max_num_seqs"], m.generate_batch.get(size)
+    paired = m.batch_figures.get((size, engine, batch, recorded)) if per_token.measured else None
+    if paired:  # only at the shape measured: what a batch gains depends on the shape (compute- or host-bound)
+        work *= paired[0]
+        start += paired[1]
+        mode += (f", x {paired[0]:.3f} at {batch} sequences against the record's {recorded} (measured at {size}, "
+                 f"start + {paired[1]:.0f} s)")
     if stage_setting(sizing, "hashed_sampling", "generate"):
         hashed = by_params(m.hashed_factor, params, beyond="flat")
         work *= hashed.value
