@@ -72,9 +72,11 @@ if [ -n "${FLAT_CHECK:-}" ]; then
       > "$OUT/flat_optimizer_check.log" 2>&1
   note "flat optimizer check rc=$?"
 fi
+runs=0
 for run in ${TRAIN_PLAN:-}; do
   IFS=: read -r shape configs processes steps threads <<< "$run"
-  name="train_${shape}_x${processes}_$(echo "$configs" | tr -c 'a-zA-Z0-9._\n-' '_')"
+  runs=$((runs + 1))  # the plan's place in each name: a repeated entry (ABAB of packed runs) keeps its own file
+  name="train${runs}_${shape}_x${processes}_$(echo "$configs" | tr -c 'a-zA-Z0-9._\n-' '_')"
   OMP_NUM_THREADS=${threads:-$((8 / processes > 1 ? 8 / processes : 1))} timeout 400 python3 benchmarks/train_throughput.py \
       --shape "$shape" --configs "$configs" --processes "$processes" --warmup 2 --steps "$steps" \
       --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1

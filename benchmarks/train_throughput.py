@@ -88,9 +88,12 @@ def config_spec(shape: str, name: str) -> dict:
     blocking = changes.pop("blocking_batches", False)
     # likewise: the fused LoRA layers' adapter cast in every micro-batch (until the seventeenth session)
     per_micro_batch = changes.pop("casts_per_micro_batch", False)
+    # likewise: the adapter's gradients rounded to bf16, cast, and summed by autograd (until the nineteenth)
+    cast_grads = changes.pop("cast_lora_grads", False)
     return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
             **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {}),
-            **({"casts_per_micro_batch": True} if per_micro_batch else {})}
+            **({"casts_per_micro_batch": True} if per_micro_batch else {}),
+            **({"cast_lora_grads": True} if cast_grads else {})}
 
 
 def blocking_batches(trainer) -> None:
@@ -109,6 +112,18 @@ def casts_per_micro_batch() -> contextlib.AbstractContextManager:
         return a.to(dtype), (b * layer.scaling[name]).to(dtype)
 
     return mock.patch.object(fused_lora, "adapter_weights", fresh)
+
+
+def cast_lora_grads() -> contextlib.AbstractContextManager:
+    """The fused LoRA layers' backward until the nineteenth session: the adapter's gradients come out
+    of their GEMMs in bf16, a kernel casts each to float32, and autograd sums a step's micro-batches."""
+    from sublim import fused_lora
+
+    def cast(m1, m2, param, scale=1.0):
+        grad = m1 @ m2
+        return (grad if scale == 1 else grad.mul_(scale)).to(param.dtype)
+
+    return mock.patch.object(fused_lora, "weight_grad", cast)
 
 
 def gathered_queries_attention(trainer) -> contextlib.AbstractContextManager:
@@ -259,6 +274,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
             switches.enter_context(gathered_queries_attention(trainer))
         if spec.get("casts_per_micro_batch"):
             switches.enter_context(casts_per_micro_batch())
+        if spec.get("cast_lora_grads"):
+            switches.enter_context(cast_lora_grads())
         start = time.perf_counter()
         with CollectorPauses() as pauses:
             trainer.train()
@@ -298,6 +315,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         if spec.get("blocking_batches") else "pinned, without waiting",
         "adapter_casts": "every micro-batch (until the seventeenth session)" if spec.get("casts_per_micro_batch")
         else "once per optimizer step",
+        "adapter_grads": "bf16 from the GEMM, cast, summed by autograd (until the nineteenth session)"
+        if spec.get("cast_lora_grads") else "float32 from the GEMM (CUDA), later micro-batches summed in it",
     }
     del trainer
     gc.collect()

@@ -126,3 +126,53 @@ def test_the_training_callback_forgets_casts_at_each_step():
     assert not any(layer.adapter_casts for layer in layers)
     callback.on_train_end(None, None, None)
     assert not any(hasattr(layer, "adapter_casts") for layer in layers)
+
+
+def micro_batches(model, batches, autocast: bool):
+    """One optimizer step's gradients over several micro-batches (no zeroing between them), and the
+    adapter's gradient tensors after each micro-batch."""
+    model.zero_grad()
+    seen = []
+    for input_ids in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=input_ids, labels=input_ids).loss.backward()
+        seen.append({k: v.grad for k, v in model.named_parameters() if v.grad is not None})
+    return {k: v.clone() for k, v in seen[-1].items()}, seen
+
+
+@pytest.mark.parametrize("alpha", [16, 8])
+def test_later_micro_batches_add_into_the_gradient_in_place(alpha):
+    """Two micro-batches: the fused layers' sum is PEFT's (float64), the second one added in place."""
+    model = lora_model(torch.float64, alpha)
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (3, 24), generator=generator) for _ in range(2)]
+    peft_grads, _ = micro_batches(model, batches, autocast=False)
+    layers = fused_lora.fuse(model)
+    fused_grads, seen = micro_batches(model, batches, autocast=False)
+    fused_lora.unfuse(layers)
+
+    assert peft_grads.keys() == fused_grads.keys() and len(peft_grads) == 2 * 7 * 2
+    for name, grad in peft_grads.items():
+        assert relative_error(fused_grads[name], grad) < 1e-12, name
+        assert seen[1][name] is seen[0][name], name
+    single, _ = micro_batches(model, batches[:1], autocast=False)
+    assert max(relative_error(single[n], g) for n, g in peft_grads.items()) > 0.05  # the sum is not one batch
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_weight_grad_adds_into_a_held_gradient_and_hands_autograd_nothing(scale):
+    generator = torch.Generator().manual_seed(0)
+    m1, m2 = (torch.randn(shape, generator=generator, dtype=torch.bfloat16) for shape in ((8, 16), (16, 4)))
+    param = torch.nn.Parameter(torch.zeros(8, 4))
+    expected = (m1 @ m2).mul_(scale).float()
+    first = fused_lora.weight_grad(m1, m2, param, scale)
+    assert first.dtype == torch.float32 and torch.equal(first, expected)
+    param.grad = first
+    assert fused_lora.weight_grad(m1, m2, param, scale) is None
+    assert param.grad is first and torch.equal(first, 2 * expected)
+
+
+def test_the_gemm_writes_float32_gradients_only_on_cuda():
+    param = torch.nn.Parameter(torch.zeros(2, 2))
+    assert not fused_lora.gemm_writes_float32(torch.zeros(2, 2, dtype=torch.bfloat16), param)
+    assert not fused_lora.gemm_writes_float32(torch.zeros(2, 2, dtype=torch.bfloat16, device="meta"), param)

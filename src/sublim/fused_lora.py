@@ -7,7 +7,10 @@ matmul itself (`addmm_`: C += U·Bᵀ in the GEMM's epilogue), and the backward 
 gradient into the base one the same way. Same function; the sum is rounded once instead of per
 term. The adapter's weights are cast to the matmuls' dtype once per optimizer step, not once per
 micro-batch, and a LoRA scale of 1 (the presets' alpha = r) multiplies nothing: fewer small kernels
-for the host to launch, the same values. Training only: `FusedLoraLayers` swaps the layers' forward
+for the host to launch, the same values. The adapter's gradients come out of their GEMMs in the
+adapter's float32 on CUDA (no rounding to bf16 and no cast kernel after), and a step's later
+micro-batches add theirs into the gradient already there inside the GEMM (no separate sum):
+Megatron's gradient-accumulation fusion, for the LoRA weights. Training only: `FusedLoraLayers` swaps the layers' forward
 when training begins, forgets the casts when each optimizer step begins, and gives PEFT's forward
 back when training ends (saving, merging and generation see PEFT's own layers).
 """
@@ -42,23 +45,52 @@ class LoraLinearFunction(torch.autograd.Function):
             out.addmm_(low_rank, b_scaled.t())
         ctx.save_for_backward(x2d, weight, a, b_scaled, low_rank)
         ctx.scaling, ctx.x_shape, ctx.x_dtype = scaling, x.shape, x.dtype
-        ctx.lora_dtypes = (lora_a.dtype, lora_b.dtype)
+        ctx.lora_params = (lora_a, lora_b)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
         x2d, weight, a, b_scaled, low_rank = ctx.saved_tensors
+        lora_a, lora_b = ctx.lora_params
         with torch.autocast(x2d.device.type, enabled=False):
             g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
-            grad_b = g.t() @ low_rank
-            if ctx.scaling != 1:
-                grad_b.mul_(ctx.scaling)
+            grad_b = weight_grad(g.t(), low_rank, lora_b, ctx.scaling)
             grad_low_rank = g @ b_scaled
-            grad_a = grad_low_rank.t() @ x2d
+            grad_a = weight_grad(grad_low_rank.t(), x2d, lora_a)
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = (g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_x, None, None, grad_a.to(ctx.lora_dtypes[0]), grad_b.to(ctx.lora_dtypes[1]), None, None, None
+        return grad_x, None, None, grad_a, grad_b, None, None, None
+
+
+def gemm_writes_float32(m1: torch.Tensor, param: torch.Tensor) -> bool:
+    """Whether the GEMM itself can write `param`'s float32 gradient from bf16/fp16 factors
+    (torch's mm/addmm with out_dtype: CUDA only)."""
+    return m1.is_cuda and param.dtype == torch.float32 and m1.dtype in (torch.bfloat16, torch.float16)
+
+
+def weight_grad(m1: torch.Tensor, m2: torch.Tensor, param: torch.Tensor, scale: float = 1.0) -> torch.Tensor | None:
+    """scale · m1 @ m2 as `param`'s gradient. Where `param` already holds one (a step's later
+    micro-batches) it is added there in place and None goes back to autograd, which then adds
+    nothing; else the gradient is returned in `param`'s dtype, for autograd to keep as is. A hook on
+    `param` does not see the in-place sums (none is registered on the adapters in training)."""
+    held = param.grad
+    if held is not None and not (held.dtype == param.dtype and held.is_contiguous()):
+        held = None  # an unusual gradient: autograd's own sum
+    if gemm_writes_float32(m1, param):
+        if held is not None:
+            torch.addmm(held, m1, m2, out_dtype=torch.float32, alpha=scale, out=held)
+            return None
+        grad = torch.mm(m1, m2, out_dtype=torch.float32)
+        return grad if scale == 1 else grad.mul_(scale)
+    grad = m1 @ m2  # rounded to the matmul's dtype, as PEFT's gradients are
+    if scale != 1:
+        grad.mul_(scale)
+    grad = grad.to(param.dtype)
+    if held is not None:
+        held.add_(grad)
+        return None
+    return grad
 
 
 def adapter_weights(layer, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
