@@ -72,14 +72,19 @@ def test_a_process_first_run_is_left_out_of_a_training_rate(m, tmp_path):
     runs = json.loads(path.read_text())
     kept = [r for r in runs if r["shape"] == "7b" and r["config"] == "workflow" and cost.steady_run(r)]
     assert len(kept) >= 2
+    first = dict(kept[0])
     kept[0]["position_in_process"] = 1
     path.write_text(json.dumps(runs))
     moved = cost.load_measurements(tmp_path / "records")
-    rest = [r["tokens_per_s"] for r in kept[1:]]
-    every = [r["tokens_per_s"] for r in kept]
+    every = records_of(cost.TRAIN_WORKFLOW, "7b", "workflow")  # pooled over the records since its last change
+    rest = [r for r in every if r != first]
+    assert len(rest) == len(every) - 1
+
+    def pooled(runs):  # runs of the older backward carried by its pairs' gain
+        return statistics.mean(r["tokens_per_s"] * (1 if r.get("adapter_grads", "").startswith(cost.GRADS_FROM_GEMM)
+                                                    else m.grads_gain["7b"]) for r in runs)
     # the levers' factor is the same for both: the rates differ as the two means do
-    assert m.train_alone["7b"][1] / moved.train_alone["7b"][1] == pytest.approx(
-        (sum(rest) / len(rest)) / (sum(every) / len(every)))
+    assert m.train_alone["7b"][1] / moved.train_alone["7b"][1] == pytest.approx(pooled(rest) / pooled(every))
     assert moved.train_alone["14b"] == m.train_alone["14b"]
 
 
@@ -140,16 +145,22 @@ def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, 
     records' rate, carried to rows of TOKENS_PER_ROW tokens; m.train_alone holds it without the levers."""
     runs = records_of(cost.TRAIN_WORKFLOW, "32b", "workflow")
     assert {r["session"] for r in runs} == {"2026-12-03 fifteenth session", "2026-12-03 sixteenth session",
-                                             "2026-12-03 seventeenth session"}
+                                             "2026-12-03 seventeenth session", "2026-12-04 nineteenth session",
+                                             "2026-12-04 twenty-first session"}
     run = runs[0]
     assert run["sizing"]["shared_prefix"] and run["sizing"]["fused_lora"] and run["sizing"]["async_8bit_optimizer"]
     per_token = cost.train_job(grid, "32b", steps).card_s["train"] / cost.train_tokens(grid["protocol"])
-    # runs before the seventeenth session cast the adapter in each of 32b's two micro-batches: carried
-    # to once per optimizer step by the pairs' gain; the runs since count as they are
+    # runs before the seventeenth session cast the adapter in each of 32b's two micro-batches, and runs
+    # before the nineteenth took its gradients in bf16: each carried to the backward as it is by its
+    # pairs' gain; the runs since count as they are
     since = [r["adapter_casts"] == cost.CASTS_ONCE_PER_STEP for r in runs if "adapter_casts" in r]
-    assert sum(since) == len(since) == 2  # the pair's runs with casts per micro-batch are not "workflow"
+    assert sum(since) == len(since) == 10  # the pairs' runs of the older backward are not "workflow"
     assert 1.0 < m.casts_gain["32b"] < 1.05 and set(m.casts_gain) == {"32b"}
+    from_gemm = [r["adapter_grads"].startswith(cost.GRADS_FROM_GEMM) for r in runs if "adapter_grads" in r]
+    assert sum(from_gemm) == len(from_gemm) == 8
+    assert 1.0 < m.grads_gain["32b"] < 1.05 and set(m.grads_gain) == {"7b", "14b", "32b"}
     rate = sum(r["tokens_per_s"] * (1 if r.get("adapter_casts") == cost.CASTS_ONCE_PER_STEP else m.casts_gain["32b"])
+               * (1 if r.get("adapter_grads", "").startswith(cost.GRADS_FROM_GEMM) else m.grads_gain["32b"])
                for r in runs) / len(runs)
     assert 1 / per_token == pytest.approx(rate * cost.row_gain(run, cost.TOKENS_PER_ROW))
     assert 1 / m.train_alone["32b"][1] == pytest.approx(1 / per_token / m.levers_gain_alone["32b"][1])
@@ -243,6 +254,21 @@ def test_hashed_sampling_counts_its_paired_factor_only_where_the_sizing_turns_it
         sizing = {**grid["sizing"], size: {**grid["sizing"][size], "hashed_sampling": {"generate": True}}}
         on = cost.generate_job({**grid, "sizing": sizing}, size, m)
         assert on.card_s["generate"] == pytest.approx(off.card_s["generate"] * m.hashed_factor["7b"][1]), size
+
+
+def test_a_pair_gain_over_several_processes_is_the_mean_of_their_ratios():
+    # two processes on hosts 10 % apart, each ABAB with a 2 % and a 4 % gain: the faster host's runs
+    # must not count as gain for the side it ran more of
+    def run(machine, on, rate, position):
+        return {"shape": "32b", "session": "s", "machine": machine, "on": on, "tokens_per_s": rate,
+                "position_in_process": position}
+    records = [run("slow", False, 900.0, 1), run("slow", True, 1020.0, 2), run("slow", False, 1000.0, 3),
+               run("slow", True, 1020.0, 4),
+               run("fast", True, 999.0, 1), run("fast", False, 1100.0, 2), run("fast", True, 1144.0, 3),
+               run("fast", False, 1100.0, 4), run("fast", True, 1144.0, 5)]
+    gains = cost.pair_gains(records, lambda r: r["on"])
+    assert gains == {"32b": pytest.approx((1.02 + 1.04) / 2)}  # each process's first run left out
+    assert cost.pair_gains(records[:4], lambda r: r["on"]) == {"32b": pytest.approx(1.02)}
 
 
 def test_hashed_factors_pair_each_hashed_run_with_an_engine_without_the_processor():

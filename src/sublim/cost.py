@@ -46,7 +46,8 @@ STAGES = ("generate", "train", "evaluate", "engine_start")
 # 8-bit AdamW on flat buffers, pinned batch copies; 32b: 30 rows): every record of it since its last
 # change, pooled, so that one machine's spread (2-7 % between sessions) weighs less than in one record
 TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataloader_workers_32b_sixteenth_session.json",
-                  "train_python_gc_seventeenth_session.json", "train_adapter_casts_seventeenth_session.json")
+                  "train_python_gc_seventeenth_session.json", "train_adapter_casts_seventeenth_session.json",
+                  "train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json")
 TRAIN_ALONE = {  # one training on the card: records, configuration, the optimizer it ran
     "0.5b": (("train_0.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": (("train_1.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
@@ -80,6 +81,11 @@ TRAIN_FLAT = TRAIN_WORKFLOW[0]
 # every record before it did), ABAB pairs in one process; 32b alone trains two micro-batches a step
 TRAIN_CASTS = "train_adapter_casts_seventeenth_session.json"
 CASTS_ONCE_PER_STEP = "once per optimizer step"
+# fused LoRA layers writing the adapter's gradients in float32 from the GEMM, later micro-batches summed in
+# it, against bf16 gradients cast and summed by autograd (as every record before them did): ABAB pairs in
+# one process, two sessions at 32b, one at 7b and 14b
+TRAIN_GRADS = ("train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json")
+GRADS_FROM_GEMM = "float32 from the GEMM"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
@@ -214,6 +220,7 @@ class Measurements:
     flat_gain: dict[str, tuple[float, float]] = field(default_factory=dict)
     # tokens/s with the adapter cast once per optimizer step / once per micro-batch (shapes measured)
     casts_gain: dict[str, float] = field(default_factory=dict)
+    grads_gain: dict[str, float] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -283,6 +290,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.async_gain = switch_gains(need(TRAIN_ASYNC), "async_8bit_optimizer")
     m.flat_gain = switch_gains(need(TRAIN_FLAT), "flat_8bit_optimizer")
     m.casts_gain = casts_gains(need(TRAIN_CASTS))
+    m.grads_gain = grads_gains([r for name in TRAIN_GRADS for r in need(name)])
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
@@ -295,11 +303,14 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         return row_gain(rows, TOKENS_PER_ROW) / by_params(gains, _shape_params(shape), beyond="flat").value
 
     def rate(runs: list[dict], shape: str | None = None) -> float:
-        return statistics.mean(r["tokens_per_s"] * casts_factor(r, shape) for r in runs)
+        return statistics.mean(r["tokens_per_s"] * backward_factor(r, shape) for r in runs)
 
-    def casts_factor(run: dict, shape: str | None) -> float:
-        """A run that cast its adapter in every micro-batch, carried to once per optimizer step."""
-        return 1.0 if run.get("adapter_casts") == CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
+    def backward_factor(run: dict, shape: str | None) -> float:
+        """A run of the fused LoRA layers as they were, carried to their backward as it is: the adapter
+        cast once per optimizer step, its gradients in float32 from the GEMM."""
+        casts = 1.0 if run.get("adapter_casts") == CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
+        grads = 1.0 if run.get("adapter_grads", "").startswith(GRADS_FROM_GEMM) else m.grads_gain.get(shape, 1.0)
+        return casts * grads
 
     for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
         runs = [r for name in names for r in need(name) if r.get("config") == configuration
@@ -308,7 +319,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
             raise ValueError(f"benchmark records {', '.join(names)} in {root} have no '{configuration}' run of {shape}")
         factor = without_levers(shape, runs, m.levers_gain_alone)
         m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs, shape) * factor))
-        m.train_mfu[shape] = statistics.mean(r["mfu"] * casts_factor(r, shape) for r in runs) * factor
+        m.train_mfu[shape] = statistics.mean(r["mfu"] * backward_factor(r, shape) for r in runs) * factor
     for shares, table, processes in ((m.train_packed, TRAIN_PACKED, 4), (m.train_paired, TRAIN_PAIRED, 2)):
         for shape, names in table.items():
             runs = [r for name in names for r in need(name) if r.get("processes") == processes]
@@ -369,20 +380,28 @@ def load_measurements(records_dir: str | Path) -> Measurements:
 
 
 def pair_gains(records: list[dict], on) -> dict[str, float]:
-    """Per shape: tokens/s of the runs where `on(record)` over the others, the mean of each side's runs
-    in pairs of one process (steady_run's); a record marked `"projection": false` says why it is left out."""
+    """Per shape: tokens/s of the runs where `on(record)` over the others. Within each process (a
+    session's machine and shape) the mean of each side's runs (steady_run's); over several processes
+    the mean of their ratios, so that one host's speed does not enter the gain. A record marked
+    `"projection": false` says why it is left out."""
     usable = [r for r in records if "error" not in r and r.get("projection", True) and steady_run(r)]
-    gains = {}
-    for shape in dict.fromkeys(r["shape"] for r in usable):
-        sides = [[r["tokens_per_s"] for r in usable if r["shape"] == shape and on(r) is side] for side in (True, False)]
+    ratios: dict[str, list[float]] = {}
+    for process in dict.fromkeys((r.get("session"), r.get("machine"), r["shape"]) for r in usable):
+        runs = [r for r in usable if (r.get("session"), r.get("machine"), r["shape"]) == process]
+        sides = [[r["tokens_per_s"] for r in runs if on(r) is side] for side in (True, False)]
         if all(sides):
-            gains[shape] = statistics.mean(sides[0]) / statistics.mean(sides[1])
-    return gains
+            ratios.setdefault(process[2], []).append(statistics.mean(sides[0]) / statistics.mean(sides[1]))
+    return {shape: statistics.mean(values) for shape, values in ratios.items()}
 
 
 def casts_gains(records: list[dict]) -> dict[str, float]:
     """Per shape: tokens/s with the adapter cast once per optimizer step over once per micro-batch."""
     return pair_gains(records, lambda r: r.get("adapter_casts") == CASTS_ONCE_PER_STEP)
+
+
+def grads_gains(records: list[dict]) -> dict[str, float]:
+    """Per shape: tokens/s with the adapter's gradients in float32 from the GEMM over bf16 ones cast."""
+    return pair_gains(records, lambda r: r.get("adapter_grads", "").startswith(GRADS_FROM_GEMM))
 
 
 def switch_gains(records: list[dict], key: str) -> dict[str, tuple[float, float]]:
@@ -513,10 +532,13 @@ def assumptions(m: Measurements) -> list[str]:
         f"since, a per-token rate carries over); the "
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({n for v in TRAIN_ALONE.values() for n in v[0]}))}"
         f"; 7b-32b: profiles/b200's whole configuration as it is, every record of it since its last change "
-        f"pooled (32b: the fifteenth, sixteenth and seventeenth sessions', its older runs carried to its "
-        f"adapter's casts once per optimizer step, see below; 14b: the fifteenth and seventeenth's), the mean of "
+        f"pooled (32b: the fifteenth, sixteenth, seventeenth, nineteenth and twenty-first sessions'; 14b: the "
+        f"fifteenth, seventeenth and twenty-first's; 7b: the fifteenth and twenty-first's; runs of the fused LoRA "
+        f"layers' older backward carried to it as it is, see below), the mean of "
         f"their runs that were not the first configuration of their process (a first ran 2-8 % slower); "
-        f"host spread: the sixteenth and seventeenth sessions' 32b ran 1.9 % and 2.5 % slower than the "
+        f"host spread: the twenty-first session's two machines ran 32b's configuration as it is at 4,789 and "
+        f"4,998 tokens/s (4.4 % apart), the nineteenth's at 4,977; "
+        f"the sixteenth and seventeenth sessions' 32b 1.9 % and 2.5 % slower than the "
         f"fifteenth's (4,803 and 4,771 against 4,895 tokens/s), the fifteenth session's machine ran per-tensor 8-bit steps 1-2 % faster than the "
         f"fourteenth's (7b 22,075 against 21,659 tokens/s, 32b 4,812 against 4,711), the thirteenth's 7b "
         f"2.5 % slower and 32b 2.3 % faster, the ninth's 32b 7 % faster than the seventh's); sizes with gpu_share 0.25 at the card's rate with "
@@ -552,6 +574,13 @@ def assumptions(m: Measurements) -> list[str]:
         "in each of its two micro-batches, carried over by the pairs in " f"{TRAIN_CASTS} ("
         + ", ".join(f"{s} x {v:.3f}" for s, v in m.casts_gain.items())
         + "; the sizes of one micro-batch a step cast once a step either way and keep their records' rate); "
+        "fused LoRA layers writing the adapter's gradients in float32 from the GEMM, a step's later micro-batches "
+        "summed in it: 7b-32b's records from before the nineteenth session, which took them in bf16, cast them "
+        "and let autograd sum them, carried over by the pairs in " + " + ".join(TRAIN_GRADS) + " (the mean of "
+        "each process's ratio: 32b three processes, 7b and 14b two, AB and BA orders; "
+        + ", ".join(f"{s} x {v:.3f}" for s, v in sorted(m.grads_gain.items(), key=lambda i: _shape_params(i[0])))
+        + "; 0.5b-3b keep their records' rate: their packed pairs, 0.5b's in "
+        "concurrent_0.5b_x4_lora_grads_nineteenth_session.json, spread more than they differ); "
         "a job's imports and model load before its first step counted (the mean import of fresh processes, "
         f"{m.train_import_s:.1f} s, and the load from the page cache onto the GPU measured at "
         + ", ".join(f"{sh} {v:.1f} s" for sh, (_, v) in sorted(m.train_load.items(), key=lambda i: i[1][0]))
