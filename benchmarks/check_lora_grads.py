@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -31,6 +30,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed  # noqa: E402
 
 from sublim import fused_lora  # noqa: E402
 from sublim.train import lora_config  # noqa: E402
+from train_throughput import cast_lora_grads  # noqa: E402  (the harness's switch for the old backward)
 
 LORA = {"r": 8, "alpha": 8, "dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
@@ -57,14 +57,6 @@ def step_grads(model, batches, autocast: bool) -> dict:
 
 def relative_error(value, reference) -> float:
     return float((value - reference).abs().max() / reference.abs().max())
-
-
-def cast_lora_grads():
-    def cast(m1, m2, param, scale=1.0):
-        grad = m1 @ m2
-        return (grad if scale == 1 else grad.mul_(scale)).to(param.dtype)
-
-    return mock.patch.object(fused_lora, "weight_grad", cast)
 
 
 def check(alpha: float) -> dict:

@@ -82,8 +82,8 @@ TRAIN_FLAT = TRAIN_WORKFLOW[0]
 TRAIN_CASTS = "train_adapter_casts_seventeenth_session.json"
 CASTS_ONCE_PER_STEP = "once per optimizer step"
 # fused LoRA layers writing the adapter's gradients in float32 from the GEMM, later micro-batches summed in
-# it, against bf16 gradients cast and summed by autograd (as every record before them did): ABAB pairs in
-# one process, two sessions at 32b, one at 7b and 14b
+# it, against bf16 gradients cast and summed by autograd (as every record before them did): pairs in one
+# process per shape and machine, ABAB and BABA
 TRAIN_GRADS = ("train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json")
 GRADS_FROM_GEMM = "float32 from the GEMM"
 VLLM_EAGER = "vllm_shapes_h200.json"
@@ -577,7 +577,7 @@ def assumptions(m: Measurements) -> list[str]:
         "fused LoRA layers writing the adapter's gradients in float32 from the GEMM, a step's later micro-batches "
         "summed in it: 7b-32b's records from before the nineteenth session, which took them in bf16, cast them "
         "and let autograd sum them, carried over by the pairs in " + " + ".join(TRAIN_GRADS) + " (the mean of "
-        "each process's ratio: 32b three processes, 7b and 14b two, AB and BA orders; "
+        "each process's ratio: "
         + ", ".join(f"{s} x {v:.3f}" for s, v in sorted(m.grads_gain.items(), key=lambda i: _shape_params(i[0])))
         + "; 0.5b-3b keep their records' rate: their packed pairs, 0.5b's in "
         "concurrent_0.5b_x4_lora_grads_nineteenth_session.json, spread more than they differ); "
