@@ -42,7 +42,8 @@ from sublim import mps  # noqa: E402
 from sublim.cost import qwen_shapes  # noqa: E402
 from sublim.jsonl import write_jsonl  # noqa: E402
 from sublim.prompts import number_prompts  # noqa: E402
-from sublim.train import attention_implementation, build_trainer, load_student_dataset, train_sizing  # noqa: E402
+from sublim.train import (attention_implementation, build_trainer, load_student_dataset,  # noqa: E402
+                          set_allocator_settings, train_sizing)
 
 PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, the MFU denominator of DESIGN.md
 
@@ -90,10 +91,14 @@ def config_spec(shape: str, name: str) -> dict:
     per_micro_batch = changes.pop("casts_per_micro_batch", False)
     # likewise: the adapter's gradients rounded to bf16, cast, and summed by autograd (until the nineteenth)
     cast_grads = changes.pop("cast_lora_grads", False)
+    # likewise: the fused LoRA layers switching autocast off and on and calling .to() on every operand,
+    # in each layer's forward and backward (until the twenty-second session)
+    guards = changes.pop("lora_autocast_guards", False)
     return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
             **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {}),
             **({"casts_per_micro_batch": True} if per_micro_batch else {}),
-            **({"cast_lora_grads": True} if cast_grads else {})}
+            **({"cast_lora_grads": True} if cast_grads else {}),
+            **({"lora_autocast_guards": True} if guards else {})}
 
 
 def blocking_batches(trainer) -> None:
@@ -124,6 +129,66 @@ def cast_lora_grads() -> contextlib.AbstractContextManager:
         return (grad if scale == 1 else grad.mul_(scale)).to(param.dtype)
 
     return mock.patch.object(fused_lora, "weight_grad", cast)
+
+
+def lora_autocast_guards() -> contextlib.AbstractContextManager:
+    """The fused LoRA layers' forward and backward until the twenty-second session: autocast switched
+    off around each, and .to() called on every operand whether or not it is in the dtype already."""
+    from sublim import fused_lora
+
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, a, b_scaled):
+        dtype = a.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
+            weight = weight.to(dtype)
+            out = torch.nn.functional.linear(x2d, weight, None if bias is None else bias.to(dtype))
+            low_rank = x2d @ a.t()
+            out.addmm_(low_rank, b_scaled.t())
+        ctx.save_for_backward(x2d, weight, a, b_scaled, low_rank)
+        ctx.scaling, ctx.x_shape, ctx.x_dtype = scaling, x.shape, x.dtype
+        ctx.lora_params = (lora_a, lora_b)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def backward(ctx, grad_out):
+        x2d, weight, a, b_scaled, low_rank = ctx.saved_tensors
+        lora_a, lora_b = ctx.lora_params
+        with torch.autocast(x2d.device.type, enabled=False):
+            g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
+            grad_b = fused_lora.weight_grad(g.t(), low_rank, lora_b, ctx.scaling)
+            grad_low_rank = g @ b_scaled
+            grad_a = fused_lora.weight_grad(grad_low_rank.t(), x2d, lora_a)
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None, None
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(fused_lora.LoraLinearFunction, "forward", staticmethod(forward)))
+    stack.enter_context(mock.patch.object(fused_lora.LoraLinearFunction, "backward", staticmethod(backward)))
+    return stack
+
+
+@contextlib.contextmanager
+def expandable_segments():
+    """sizing expandable_segments for one run of a process that runs several: set before its model is
+    built (as the train job's load_student sets it), unset after, each time on an emptied cache."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    set_allocator_settings("expandable_segments:True")
+    try:
+        yield
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+        set_allocator_settings("expandable_segments:False")
+
+
+ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams", "num_ooms")
+
+
+def allocator_counters() -> dict[str, int]:
+    stats = torch.cuda.memory_stats()
+    return {key: int(stats.get(key, 0)) for key in ALLOCATOR_COUNTERS}
 
 
 def gathered_queries_attention(trainer) -> contextlib.AbstractContextManager:
@@ -197,12 +262,19 @@ class StepClock(TrainerCallback):
     waited at every step, which idled the GPU while the next batch was collated)."""
 
     def __init__(self, edges: tuple[int, int]):
-        self.times, self.edges = [], edges
+        self.times, self.edges, self.counters = [], edges, []
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in self.edges:
             torch.cuda.synchronize()
+            self.counters.append(allocator_counters())
         self.times.append(time.perf_counter())
+
+    def timed_counters(self) -> dict[str, int]:
+        """The allocator's event counters over the timed steps: a retry is a failed cudaMalloc that freed
+        the cache (a device-wide synchronize) and tried again."""
+        first, last = self.counters
+        return {key: last[key] - first[key] for key in last}
 
 
 class CollectorPauses:
@@ -260,7 +332,13 @@ def harness_trainer(shape: str, sizing: dict, training: dict, steps: int, workdi
 
 
 def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: int, workdir: Path) -> dict:
+    with expandable_segments() if train_sizing(spec["sizing"])["expandable_segments"] else contextlib.nullcontext():
+        return measure_run(shape, name, spec, tokenizer, warmup, steps, workdir)
+
+
+def measure_run(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: int, workdir: Path) -> dict:
     training, sizing = harness_training(spec), spec["sizing"]
+    counters_before = allocator_counters()
     clock = StepClock((warmup, warmup + steps))
     n_params, trainer = harness_trainer(shape, sizing, training, warmup + steps, workdir, tokenizer, [clock])
     row_tokens = np.array([len(ids) for ids in trainer.train_dataset["input_ids"]])
@@ -276,6 +354,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
             switches.enter_context(casts_per_micro_batch())
         if spec.get("cast_lora_grads"):
             switches.enter_context(cast_lora_grads())
+        if spec.get("lora_autocast_guards"):
+            switches.enter_context(lora_autocast_guards())
         start = time.perf_counter()
         with CollectorPauses() as pauses:
             trainer.train()
@@ -295,6 +375,9 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         # what the allocator held at its peak, beside the peak in use (expandable segments keep them close)
         "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        # the caching allocator's events over the timed steps (ALLOCATOR_COUNTERS)
+        "allocator_timed": clock.timed_counters(),
+        "allocator_whole_run": {key: value - counters_before[key] for key, value in allocator_counters().items()},
         "minutes_per_10k_row_epoch": 10_000 * row_tokens.mean() / tokens_per_s / 60,
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
         "gpu": torch.cuda.get_device_name(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -317,6 +400,8 @@ def measure(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps: in
         else "once per optimizer step",
         "adapter_grads": "bf16 from the GEMM, cast, summed by autograd (until the nineteenth session)"
         if spec.get("cast_lora_grads") else "float32 from the GEMM (CUDA), later micro-batches summed in it",
+        "lora_host_path": "autocast off and on, .to() on every operand (until the twenty-second session)"
+        if spec.get("lora_autocast_guards") else "no autocast switch, casts only where the dtype differs",
     }
     del trainer
     gc.collect()
@@ -409,8 +494,8 @@ def main() -> None:
                 torch.cuda.empty_cache()
             records.append(record)
             print(json.dumps({k: v for k, v in record.items() if k in ("shape", "config", "tokens_per_s", "mfu",
-                                                                        "peak_mem_gb", "gc_passes", "gc_pause_s",
-                                                                        "error")}), flush=True)
+                                                                        "peak_mem_gb", "peak_reserved_gb",
+                                                                        "allocator_timed", "error")}), flush=True)
             Path(args.json).write_text(json.dumps(records, indent=1))
     if not args.keep_mps:
         mps.stop_if_started()

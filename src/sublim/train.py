@@ -52,7 +52,7 @@ def lora_config(lora: dict) -> LoraConfig:
 TRAINER_LEVERS = ("train_micro_batch", "gradient_checkpointing", "padding_free", "attention", "liger_kernel",
                   "torch_compile", "fused_optimizer", "logging_steps", "lazy_metrics", "lora_autocast_inputs",
                   "shared_prefix", "fused_lora", "train_processes", "async_8bit_optimizer",
-                  "flat_8bit_optimizer", "dataloader_workers")
+                  "flat_8bit_optimizer", "dataloader_workers", "expandable_segments")
 
 
 def train_sizing(sizing: dict) -> dict:
@@ -392,8 +392,20 @@ class LoraInputsCastByAutocast(TrainerCallback):
 
 def load_student(model_dir: str, sizing: dict):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if train_sizing(sizing)["expandable_segments"] and torch.cuda.is_available():
+        set_allocator_settings("expandable_segments:True")
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                 attn_implementation=attention_implementation(sizing))
+
+
+def set_allocator_settings(settings: str) -> None:
+    """PyTorch's CUDA caching allocator settings (PYTORCH_CUDA_ALLOC_CONF's syntax) for the memory it maps
+    from now on. With `expandable_segments:True` it grows its segments in place instead of holding many
+    of fixed size: a training near the card's memory (32b: 119 of 141 GB) then no longer runs out of
+    cached blocks that fit, frees them all and synchronises the GPU to map anew, a few times a minute
+    (benchmarks/README.md, "Twenty-second session")."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    (setter or torch.cuda.memory._set_allocator_settings)(settings)
 
 
 class StashEpochAdapters(TrainerCallback):
