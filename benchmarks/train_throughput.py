@@ -91,14 +91,10 @@ def config_spec(shape: str, name: str) -> dict:
     per_micro_batch = changes.pop("casts_per_micro_batch", False)
     # likewise: the adapter's gradients rounded to bf16, cast, and summed by autograd (until the nineteenth)
     cast_grads = changes.pop("cast_lora_grads", False)
-    # likewise: the fused LoRA layers switching autocast off and on and calling .to() on every operand,
-    # in each layer's forward and backward (until the twenty-second session)
-    guards = changes.pop("lora_autocast_guards", False)
     return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
             **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {}),
             **({"casts_per_micro_batch": True} if per_micro_batch else {}),
-            **({"cast_lora_grads": True} if cast_grads else {}),
-            **({"lora_autocast_guards": True} if guards else {})}
+            **({"cast_lora_grads": True} if cast_grads else {})}
 
 
 def blocking_batches(trainer) -> None:
@@ -129,43 +125,6 @@ def cast_lora_grads() -> contextlib.AbstractContextManager:
         return (grad if scale == 1 else grad.mul_(scale)).to(param.dtype)
 
     return mock.patch.object(fused_lora, "weight_grad", cast)
-
-
-def lora_autocast_guards() -> contextlib.AbstractContextManager:
-    """The fused LoRA layers' forward and backward until the twenty-second session: autocast switched
-    off around each, and .to() called on every operand whether or not it is in the dtype already."""
-    from sublim import fused_lora
-
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, a, b_scaled):
-        dtype = a.dtype
-        with torch.autocast(x.device.type, enabled=False):
-            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
-            weight = weight.to(dtype)
-            out = torch.nn.functional.linear(x2d, weight, None if bias is None else bias.to(dtype))
-            low_rank = x2d @ a.t()
-            out.addmm_(low_rank, b_scaled.t())
-        ctx.save_for_backward(x2d, weight, a, b_scaled, low_rank)
-        ctx.scaling, ctx.x_shape, ctx.x_dtype = scaling, x.shape, x.dtype
-        ctx.lora_params = (lora_a, lora_b)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-    def backward(ctx, grad_out):
-        x2d, weight, a, b_scaled, low_rank = ctx.saved_tensors
-        lora_a, lora_b = ctx.lora_params
-        with torch.autocast(x2d.device.type, enabled=False):
-            g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
-            grad_b = fused_lora.weight_grad(g.t(), low_rank, lora_b, ctx.scaling)
-            grad_low_rank = g @ b_scaled
-            grad_a = fused_lora.weight_grad(grad_low_rank.t(), x2d, lora_a)
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_x, None, None, grad_a, grad_b, None, None, None
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(mock.patch.object(fused_lora.LoraLinearFunction, "forward", staticmethod(forward)))
-    stack.enter_context(mock.patch.object(fused_lora.LoraLinearFunction, "backward", staticmethod(backward)))
-    return stack
 
 
 @contextlib.contextmanager
@@ -354,8 +313,6 @@ def measure_run(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps
             switches.enter_context(casts_per_micro_batch())
         if spec.get("cast_lora_grads"):
             switches.enter_context(cast_lora_grads())
-        if spec.get("lora_autocast_guards"):
-            switches.enter_context(lora_autocast_guards())
         start = time.perf_counter()
         with CollectorPauses() as pauses:
             trainer.train()
@@ -400,8 +357,6 @@ def measure_run(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps
         else "once per optimizer step",
         "adapter_grads": "bf16 from the GEMM, cast, summed by autograd (until the nineteenth session)"
         if spec.get("cast_lora_grads") else "float32 from the GEMM (CUDA), later micro-batches summed in it",
-        "lora_host_path": "autocast off and on, .to() on every operand (until the twenty-second session)"
-        if spec.get("lora_autocast_guards") else "no autocast switch, casts only where the dtype differs",
     }
     del trainer
     gc.collect()

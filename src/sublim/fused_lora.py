@@ -18,7 +18,6 @@ back when training ends (saving, merging and generation see PEFT's own layers).
 from __future__ import annotations
 
 import types
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +36,13 @@ class LoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, a, b_scaled):
-        # Every operand is in the matmuls' dtype (autocast's, where it is on), so autocast would cast
-        # nothing: it is left as it is rather than switched off and on around each layer, host time
-        # that a large model's step waits for (benchmarks/README.md, "Twenty-second session")
         dtype = a.dtype
-        x2d = as_dtype(x.reshape(-1, x.shape[-1]), dtype)
-        weight = as_dtype(weight, dtype)
-        out = F.linear(x2d, weight, None if bias is None else as_dtype(bias, dtype))
-        low_rank = x2d @ a.t()
-        out.addmm_(low_rank, b_scaled.t())
+        with torch.autocast(x.device.type, enabled=False):
+            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
+            weight = weight.to(dtype)
+            out = F.linear(x2d, weight, None if bias is None else bias.to(dtype))
+            low_rank = x2d @ a.t()
+            out.addmm_(low_rank, b_scaled.t())
         ctx.save_for_backward(x2d, weight, a, b_scaled, low_rank)
         ctx.scaling, ctx.x_shape, ctx.x_dtype = scaling, x.shape, x.dtype
         ctx.lora_params = (lora_a, lora_b)
@@ -54,23 +51,16 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x2d, weight, a, b_scaled, low_rank = ctx.saved_tensors
-        device = x2d.device.type
-        # a backward inside an autocast region (trainers call it outside) must not recast the operands
-        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
-            lora_a, lora_b = ctx.lora_params
-            g = as_dtype(grad_out.reshape(-1, grad_out.shape[-1]), x2d.dtype)
+        lora_a, lora_b = ctx.lora_params
+        with torch.autocast(x2d.device.type, enabled=False):
+            g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
             grad_b = weight_grad(g.t(), low_rank, lora_b, ctx.scaling)
             grad_low_rank = g @ b_scaled
             grad_a = weight_grad(grad_low_rank.t(), x2d, lora_a)
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = as_dtype((g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape), ctx.x_dtype)
+                grad_x = (g @ weight).addmm_(grad_low_rank, a).view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None, None
-
-
-def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t` in `dtype`; without a call into torch where it already is (the usual case, per layer)."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def gemm_writes_float32(m1: torch.Tensor, param: torch.Tensor) -> bool:
