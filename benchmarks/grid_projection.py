@@ -53,6 +53,8 @@ def record(name: str, config: dict, m: cost.Measurements) -> dict:
         "grid": name,
         "stage_gpu_hours": {stage: round(seconds / 3600, 1) for stage, seconds in stages.items()},
         "total_gpu_hours": round(grid.total_card_s / 3600, 1),
+        # what the goal is checked against: a total rounded to 30.0 from above is not within 30
+        "total_gpu_hours_2dp": round(grid.total_card_s / 3600, 2),
         "wall_hours_one_card": round(grid.wall_s / 3600, 1),
         "setup": {"sizes": config["sizes"], "conditions": len(config["conditions"]), "runs": config["runs"],
                   "preset": config["preset"], "loss": protocol["training"]["loss"],
@@ -70,7 +72,7 @@ def record(name: str, config: dict, m: cost.Measurements) -> dict:
 
 def goal(projection: dict) -> dict:
     """Issue 11's goal for seed-6x16x1, and what dominates its total."""
-    stages, total = projection["stage_gpu_hours"], projection["total_gpu_hours"]
+    stages, total = projection["stage_gpu_hours"], projection["total_gpu_hours_2dp"]
     share = (stages["generate"] + stages["evaluate"]) / total
     with_engines = (stages["generate"] + stages["evaluate"] + stages["engine_start"]) / total
     largest = max(projection["per_size"].items(), key=lambda item: item[1]["total_gpu_hours"])
@@ -93,7 +95,7 @@ def main() -> None:
     projections[0]["goal"] = goal(projections[0])
     args.out.write_text(json.dumps(projections, indent=1) + "\n")
     for p in projections:
-        print(p["grid"], p["stage_gpu_hours"], "total", p["total_gpu_hours"], p.get("goal", ""))
+        print(p["grid"], p["stage_gpu_hours"], "total", p["total_gpu_hours_2dp"], p.get("goal", ""))
 
 
 if __name__ == "__main__":

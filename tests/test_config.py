@@ -160,3 +160,18 @@ def test_only_the_demo_and_test_profiles_rerun_on_code_edits():
                         "multi-gpu": ["mtime", "params", "input", "software-env"],
                         "slurm": ["mtime", "params", "input", "software-env"],
                         "demo": None, "slurm-local": None}
+
+
+def test_expandable_segments_are_set_before_the_student_loads_on_a_gpu(monkeypatch):
+    """sizing expandable_segments: PyTorch's allocator setting, only where asked and only on CUDA."""
+    import torch
+
+    from sublim import train
+
+    calls = []
+    monkeypatch.setattr(train, "set_allocator_settings", calls.append)
+    for on, cuda in ((True, False), (False, True), (True, True)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        train.prepare_allocator({"expandable_segments": on})
+    assert calls == ["expandable_segments:True"]
+    assert sizing_for({}, "32b")["expandable_segments"] is False  # the schema's default

@@ -80,9 +80,8 @@ def test_a_process_first_run_is_left_out_of_a_training_rate(m, tmp_path):
     rest = [r for r in every if r != first]
     assert len(rest) == len(every) - 1
 
-    def pooled(runs):  # runs of the older backward carried by its pairs' gain
-        return statistics.mean(r["tokens_per_s"] * (1 if r.get("adapter_grads", "").startswith(cost.GRADS_FROM_GEMM)
-                                                    else m.grads_gain["7b"]) for r in runs)
+    def pooled(runs):  # runs of the configuration as it was carried by their pairs' gains
+        return statistics.mean(carried(r, "7b", m) for r in runs)
     # the levers' factor is the same for both: the rates differ as the two means do
     assert m.train_alone["7b"][1] / moved.train_alone["7b"][1] == pytest.approx(pooled(rest) / pooled(every))
     assert moved.train_alone["14b"] == m.train_alone["14b"]
@@ -134,10 +133,20 @@ def test_the_training_rates_are_without_bitsandbytes_waits(m):
 
 
 def records_of(names: str | tuple[str, ...], shape: str, config: str) -> list[dict]:
-    """Records' runs of a configuration that the cost model takes (not a process's first), pooled."""
+    """Records' runs of a configuration that the cost model takes (not a process's first, not marked out
+    of the projection; "workflow" under its aliases too), pooled."""
+    configs = (config, *cost.WORKFLOW_ALIASES) if config == "workflow" else (config,)
     return [r for name in ((names,) if isinstance(names, str) else names)
             for r in json.loads((RECORDS / name).read_text())
-            if r["shape"] == shape and r["config"] == config and cost.steady_run(r)]
+            if r["shape"] == shape and r["config"] in configs and cost.steady_run(r) and r.get("projection", True)]
+
+
+def carried(run: dict, shape: str, m) -> float:
+    """A run's tokens/s carried to the configuration as it is (the cost model's carry_factor, spelled out)."""
+    casts = 1 if run.get("adapter_casts") == cost.CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
+    grads = 1 if run.get("adapter_grads", "").startswith(cost.GRADS_FROM_GEMM) else m.grads_gain.get(shape, 1.0)
+    alloc = 1 if cost.expandable_segments(run) else m.alloc_gain.get(shape, 1.0)
+    return run["tokens_per_s"] * casts * grads * alloc
 
 
 def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, m, steps):
@@ -146,7 +155,7 @@ def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, 
     runs = records_of(cost.TRAIN_WORKFLOW, "32b", "workflow")
     assert {r["session"] for r in runs} == {"2026-12-03 fifteenth session", "2026-12-03 sixteenth session",
                                              "2026-12-03 seventeenth session", "2026-12-04 nineteenth session",
-                                             "2026-12-04 twenty-first session"}
+                                             "2026-12-04 twenty-first session", "2026-12-04 twenty-second session"}
     run = runs[0]
     assert run["sizing"]["shared_prefix"] and run["sizing"]["fused_lora"] and run["sizing"]["async_8bit_optimizer"]
     per_token = cost.train_job(grid, "32b", steps).card_s["train"] / cost.train_tokens(grid["protocol"])
@@ -154,14 +163,14 @@ def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, 
     # before the nineteenth took its gradients in bf16: each carried to the backward as it is by its
     # pairs' gain; the runs since count as they are
     since = [r["adapter_casts"] == cost.CASTS_ONCE_PER_STEP for r in runs if "adapter_casts" in r]
-    assert sum(since) == len(since) == 10  # the pairs' runs of the older backward are not "workflow"
+    assert sum(since) == len(since) == 19  # the pairs' runs of the older backward are not "workflow"
     assert 1.0 < m.casts_gain["32b"] < 1.05 and set(m.casts_gain) == {"32b"}
     from_gemm = [r["adapter_grads"].startswith(cost.GRADS_FROM_GEMM) for r in runs if "adapter_grads" in r]
-    assert sum(from_gemm) == len(from_gemm) == 8
+    assert sum(from_gemm) == len(from_gemm) == 17
     assert 1.0 < m.grads_gain["32b"] < 1.05 and set(m.grads_gain) == {"7b", "14b", "32b"}
-    rate = sum(r["tokens_per_s"] * (1 if r.get("adapter_casts") == cost.CASTS_ONCE_PER_STEP else m.casts_gain["32b"])
-               * (1 if r.get("adapter_grads", "").startswith(cost.GRADS_FROM_GEMM) else m.grads_gain["32b"])
-               for r in runs) / len(runs)
+    # the twenty-second session's: expandable segments (32b's sizing) carried by their pairs where they were off
+    assert sum(cost.expandable_segments(r) for r in runs) == 7 and 1.0 < m.alloc_gain["32b"] < 1.02
+    rate = sum(carried(r, "32b", m) for r in runs) / len(runs)
     assert 1 / per_token == pytest.approx(rate * cost.row_gain(run, cost.TOKENS_PER_ROW))
     assert 1 / m.train_alone["32b"][1] == pytest.approx(1 / per_token / m.levers_gain_alone["32b"][1])
     assert cost.row_gain(run, cost.TOKENS_PER_ROW) < 1  # longer rows: the shared prefix saves a smaller part
@@ -201,6 +210,29 @@ def test_a_training_job_pays_its_imports_and_model_load_on_its_share_of_the_card
 
 def with_default_sizing(grid, **levers):
     return {**grid, "sizing": {**grid["sizing"], "default": {**grid["sizing"].get("default", {}), **levers}}}
+
+
+def test_expandable_segments_carry_the_runs_without_them_and_cost_a_sizing_that_turns_them_off(grid, m, steps):
+    """Pairs of the allocator with and without expandable segments, one process per machine and order:
+    the records without them are carried to 32b's and 14b's sizing (on) by the pairs' gain; a sizing
+    that turns them off pays it back; 7b's sizing keeps them off (measured no faster) and its rate."""
+    records = json.loads((RECORDS / cost.TRAIN_ALLOC).read_text())
+    assert {r["allocator_timed"]["num_alloc_retries"] for r in records if r["shape"] == "32b"
+            and not cost.expandable_segments(r)} == {2}  # the cache flushes they remove
+    assert {r["allocator_timed"]["num_alloc_retries"] for r in records if cost.expandable_segments(r)} == {0}
+    assert m.alloc_gain == pytest.approx(cost.pair_gains(records, cost.expandable_segments))
+    assert m.alloc_gain["32b"] > 1.0 > m.alloc_gain["7b"]
+    assert [cost.sizing_for(grid, s)["expandable_segments"] for s in ("7b", "14b", "32b")] == [False, True, True]
+    off = with_default_sizing(grid, expandable_segments=False)
+    off["sizing"] = {size: {k: v for k, v in (grid["sizing"].get(size) or {}).items() if k != "expandable_segments"}
+                     if size != "default" else off["sizing"]["default"] for size in grid["sizing"]}
+    for size in ("14b", "32b"):
+        assert cost.train_job(off, size, steps).card_s["train"] == pytest.approx(
+            cost.train_job(grid, size, steps).card_s["train"] * m.alloc_gain[size])
+    on = with_default_sizing(grid, expandable_segments=True)
+    assert cost.train_job(on, "7b", steps).card_s["train"] == pytest.approx(
+        cost.train_job(grid, "7b", steps).card_s["train"] / m.alloc_gain["7b"])
+    assert cost.train_job(on, "0.5b", steps).card_s == cost.train_job(grid, "0.5b", steps).card_s  # packed: unmeasured
 
 
 def test_the_8bit_optimizers_per_tensor_steps_and_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m, steps):

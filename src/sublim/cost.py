@@ -47,7 +47,13 @@ STAGES = ("generate", "train", "evaluate", "engine_start")
 # change, pooled, so that one machine's spread (2-7 % between sessions) weighs less than in one record
 TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataloader_workers_32b_sixteenth_session.json",
                   "train_python_gc_seventeenth_session.json", "train_adapter_casts_seventeenth_session.json",
-                  "train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json")
+                  "train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json",
+                  "train_expandable_segments_twenty_second_session.json",
+                  "train_lora_host_path_twenty_second_session.json")
+# runs under another name that ran that configuration as it is now: expandable segments through the
+# harness's switch before they were a sizing key, and the fused LoRA layers as they are, patched back by a
+# reverted trial's switch (benchmarks/README.md, "Twenty-second session")
+WORKFLOW_ALIASES = ("workflow+expandable_segments=true", "workflow+lora_autocast_guards=true")
 TRAIN_ALONE = {  # one training on the card: records, configuration, the optimizer it ran
     "0.5b": (("train_0.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
     "1.5b": (("train_1.5b_third_session.json",), "workflow+mps=false", "adamw_torch_fused"),
@@ -86,6 +92,9 @@ CASTS_ONCE_PER_STEP = "once per optimizer step"
 # process per shape and machine, ABAB and BABA
 TRAIN_GRADS = ("train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json")
 GRADS_FROM_GEMM = "float32 from the GEMM"
+# PyTorch's allocator with expandable segments (sizing expandable_segments) against without (as every
+# record before them ran): pairs in one process per shape and machine, AB and BA
+TRAIN_ALLOC = "train_expandable_segments_twenty_second_session.json"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
@@ -221,6 +230,8 @@ class Measurements:
     # tokens/s with the adapter cast once per optimizer step / once per micro-batch (shapes measured)
     casts_gain: dict[str, float] = field(default_factory=dict)
     grads_gain: dict[str, float] = field(default_factory=dict)
+    # tokens/s with expandable segments / without, one training alone (shapes measured)
+    alloc_gain: dict[str, float] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -291,6 +302,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.flat_gain = switch_gains(need(TRAIN_FLAT), "flat_8bit_optimizer")
     m.casts_gain = casts_gains(need(TRAIN_CASTS))
     m.grads_gain = grads_gains([r for name in TRAIN_GRADS for r in need(name)])
+    m.alloc_gain = pair_gains(need(TRAIN_ALLOC), expandable_segments)
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
@@ -303,23 +315,26 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         return row_gain(rows, TOKENS_PER_ROW) / by_params(gains, _shape_params(shape), beyond="flat").value
 
     def rate(runs: list[dict], shape: str | None = None) -> float:
-        return statistics.mean(r["tokens_per_s"] * backward_factor(r, shape) for r in runs)
+        return statistics.mean(r["tokens_per_s"] * carry_factor(r, shape) for r in runs)
 
-    def backward_factor(run: dict, shape: str | None) -> float:
-        """A run of the fused LoRA layers as they were, carried to their backward as it is: the adapter
-        cast once per optimizer step, its gradients in float32 from the GEMM."""
+    def carry_factor(run: dict, shape: str | None) -> float:
+        """A run of the configuration as it was, carried to it as it is: the fused LoRA layers' adapter
+        cast once per optimizer step, their gradients in float32 from the GEMM, and expandable segments
+        where a pair measured them at the shape."""
         casts = 1.0 if run.get("adapter_casts") == CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
         grads = 1.0 if run.get("adapter_grads", "").startswith(GRADS_FROM_GEMM) else m.grads_gain.get(shape, 1.0)
-        return casts * grads
+        alloc = 1.0 if expandable_segments(run) else m.alloc_gain.get(shape, 1.0)
+        return casts * grads * alloc
 
     for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
-        runs = [r for name in names for r in need(name) if r.get("config") == configuration
-                and r.get("shape", shape) == shape and steady_run(r)]
+        configurations = (configuration, *WORKFLOW_ALIASES) if configuration == "workflow" else (configuration,)
+        runs = [r for name in names for r in need(name) if r.get("config") in configurations
+                and r.get("shape", shape) == shape and steady_run(r) and r.get("projection", True)]
         if not runs:
             raise ValueError(f"benchmark records {', '.join(names)} in {root} have no '{configuration}' run of {shape}")
         factor = without_levers(shape, runs, m.levers_gain_alone)
         m.train_alone[shape] = (_shape_params(shape), 1 / (rate(runs, shape) * factor))
-        m.train_mfu[shape] = statistics.mean(r["mfu"] * backward_factor(r, shape) for r in runs) * factor
+        m.train_mfu[shape] = statistics.mean(r["mfu"] * carry_factor(r, shape) for r in runs) * factor
     for shares, table, processes in ((m.train_packed, TRAIN_PACKED, 4), (m.train_paired, TRAIN_PAIRED, 2)):
         for shape, names in table.items():
             runs = [r for name in names for r in need(name) if r.get("processes") == processes]
@@ -402,6 +417,12 @@ def casts_gains(records: list[dict]) -> dict[str, float]:
 def grads_gains(records: list[dict]) -> dict[str, float]:
     """Per shape: tokens/s with the adapter's gradients in float32 from the GEMM over bf16 ones cast."""
     return pair_gains(records, lambda r: r.get("adapter_grads", "").startswith(GRADS_FROM_GEMM))
+
+
+def expandable_segments(run: dict) -> bool:
+    """Whether a training run's allocator had expandable segments: its sizing's key, or the flag of the
+    runs that set them through the harness's switch before the key existed."""
+    return bool((run.get("sizing") or {}).get("expandable_segments") or run.get("expandable_segments"))
 
 
 def switch_gains(records: list[dict], key: str) -> dict[str, tuple[float, float]]:
@@ -532,12 +553,12 @@ def assumptions(m: Measurements) -> list[str]:
         f"since, a per-token rate carries over); the "
         f"workflow configuration of profiles/b200 (records: {', '.join(sorted({n for v in TRAIN_ALONE.values() for n in v[0]}))}"
         f"; 7b-32b: profiles/b200's whole configuration as it is, every record of it since its last change "
-        f"pooled (32b: the fifteenth, sixteenth, seventeenth, nineteenth and twenty-first sessions'; 14b: the "
-        f"fifteenth, seventeenth and twenty-first's; 7b: the fifteenth and twenty-first's; runs of the fused LoRA "
-        f"layers' older backward carried to it as it is, see below), the mean of "
+        f"pooled (32b: the fifteenth, sixteenth, seventeenth, nineteenth, twenty-first and twenty-second sessions'; "
+        f"14b: the fifteenth, seventeenth, twenty-first and twenty-second's; 7b: the fifteenth, twenty-first and "
+        f"twenty-second's; runs of the configuration as it was carried to it as it is, see below), the mean of "
         f"their runs that were not the first configuration of their process (a first ran 2-8 % slower); "
-        f"host spread: the twenty-first session's two machines ran 32b's configuration as it is at 4,789 and "
-        f"4,998 tokens/s (4.4 % apart), the nineteenth's at 4,977; "
+        f"host spread: the twenty-second session's three machines ran 32b's configuration as it is at 4,849-5,065 "
+        f"tokens/s, the twenty-first's two at 4,789 and 4,998 (4.4 % apart), the nineteenth's at 4,977; "
         f"the sixteenth and seventeenth sessions' 32b 1.9 % and 2.5 % slower than the "
         f"fifteenth's (4,803 and 4,771 against 4,895 tokens/s), the fifteenth session's machine ran per-tensor 8-bit steps 1-2 % faster than the "
         f"fourteenth's (7b 22,075 against 21,659 tokens/s, 32b 4,812 against 4,711), the thirteenth's 7b "
@@ -581,6 +602,11 @@ def assumptions(m: Measurements) -> list[str]:
         + ", ".join(f"{s} x {v:.3f}" for s, v in sorted(m.grads_gain.items(), key=lambda i: _shape_params(i[0])))
         + "; 0.5b-3b keep their records' rate: their packed pairs, 0.5b's in "
         "concurrent_0.5b_x4_lora_grads_nineteenth_session.json, spread more than they differ); "
+        "PyTorch's allocator with expandable segments (sizing expandable_segments): the records without them "
+        f"carried to them by the pairs in {TRAIN_ALLOC} (the mean of each process's ratio: "
+        + ", ".join(f"{s} x {v:.3f}" for s, v in sorted(m.alloc_gain.items(), key=lambda i: _shape_params(i[0])))
+        + "), a training alone whose sizing turns them off at a measured shape paying the gain back; "
+        f"runs named {' or '.join(WORKFLOW_ALIASES)} ran the configuration as it is and are pooled with it; "
         "a job's imports and model load before its first step counted (the mean import of fresh processes, "
         f"{m.train_import_s:.1f} s, and the load from the page cache onto the GPU measured at "
         + ", ".join(f"{sh} {v:.1f} s" for sh, (_, v) in sorted(m.train_load.items(), key=lambda i: i[1][0]))
@@ -667,6 +693,7 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
     else:
         per_token = by_params(m.train_alone, params)
         basis = per_token.basis + (" (one training: no record packs this share)" if cards < 1 else "")
+    from_alone = cards != 0.25 and not (paired and paired.measured)
     card_s = train_tokens(config["protocol"]) * per_token.value
     if sizing["shared_prefix"] and sizing["fused_lora"] and train_processes(sizing) == 1:  # sublim.train
         gain = by_params(m.levers_gain_packed if cards == 0.25 else m.levers_gain_alone, params, beyond="flat")
@@ -681,6 +708,9 @@ def train_job(config: dict, size: str, m: Measurements) -> JobCost:
             waits = by_params(m.async_gain, params, beyond="flat")
             card_s *= waits.value
             basis += f", x {waits.value:.2f} for their waits ({waits.basis})"
+    if not sizing["expandable_segments"] and from_alone and size in m.alloc_gain:  # that rate is with them
+        card_s *= m.alloc_gain[size]
+        basis += f", x {m.alloc_gain[size]:.3f} without expandable segments (measured at {size})"
     if sizing["gradient_checkpointing"]:
         card_s *= CHECKPOINTING_FACTOR
         basis += f", x {CHECKPOINTING_FACTOR} for activation checkpointing"

@@ -392,10 +392,15 @@ class LoraInputsCastByAutocast(TrainerCallback):
 
 def load_student(model_dir: str, sizing: dict):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if train_sizing(sizing)["expandable_segments"] and torch.cuda.is_available():
-        set_allocator_settings("expandable_segments:True")
+    prepare_allocator(sizing)
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                 attn_implementation=attention_implementation(sizing))
+
+
+def prepare_allocator(sizing: dict) -> None:
+    """The sizing's allocator settings, before the student's weights take the GPU's memory."""
+    if train_sizing(sizing)["expandable_segments"] and torch.cuda.is_available():
+        set_allocator_settings("expandable_segments:True")
 
 
 def set_allocator_settings(settings: str) -> None:
