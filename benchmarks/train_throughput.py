@@ -91,10 +91,13 @@ def config_spec(shape: str, name: str) -> dict:
     per_micro_batch = changes.pop("casts_per_micro_batch", False)
     # likewise: the adapter's gradients rounded to bf16, cast, and summed by autograd (until the nineteenth)
     cast_grads = changes.pop("cast_lora_grads", False)
+    # likewise: each fused LoRA layer its own autograd node, siblings on one input too (until the twenty-second)
+    ungrouped = changes.pop("ungrouped_lora", False)
     return {**spec, "sizing": {**spec["sizing"], **changes}, **({"effective_batch": batch} if batch else {}),
             **({"gathered_queries": True} if gathered else {}), **({"blocking_batches": True} if blocking else {}),
             **({"casts_per_micro_batch": True} if per_micro_batch else {}),
-            **({"cast_lora_grads": True} if cast_grads else {})}
+            **({"cast_lora_grads": True} if cast_grads else {}),
+            **({"ungrouped_lora": True} if ungrouped else {})}
 
 
 def blocking_batches(trainer) -> None:
@@ -125,6 +128,14 @@ def cast_lora_grads() -> contextlib.AbstractContextManager:
         return (grad if scale == 1 else grad.mul_(scale)).to(param.dtype)
 
     return mock.patch.object(fused_lora, "weight_grad", cast)
+
+
+def ungrouped_lora() -> contextlib.AbstractContextManager:
+    """The fused LoRA layers until the twenty-second session: each its own autograd node, q, k, v and
+    gate, up too (no stacked A matrices, autograd summing their input gradients)."""
+    from sublim import fused_lora
+
+    return mock.patch.object(fused_lora, "lora_groups", lambda model, layers: [])
 
 
 @contextlib.contextmanager
@@ -313,6 +324,8 @@ def measure_run(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps
             switches.enter_context(casts_per_micro_batch())
         if spec.get("cast_lora_grads"):
             switches.enter_context(cast_lora_grads())
+        if spec.get("ungrouped_lora"):
+            switches.enter_context(ungrouped_lora())
         start = time.perf_counter()
         with CollectorPauses() as pauses:
             trainer.train()
@@ -357,6 +370,8 @@ def measure_run(shape: str, name: str, spec: dict, tokenizer, warmup: int, steps
         else "once per optimizer step",
         "adapter_grads": "bf16 from the GEMM, cast, summed by autograd (until the nineteenth session)"
         if spec.get("cast_lora_grads") else "float32 from the GEMM (CUDA), later micro-batches summed in it",
+        "lora_groups": "each layer its own node (until the twenty-second session)" if spec.get("ungrouped_lora")
+        else "q, k, v and gate, up one node each (stacked A, input gradients summed in the GEMMs)",
     }
     del trainer
     gc.collect()

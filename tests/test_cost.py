@@ -146,7 +146,8 @@ def carried(run: dict, shape: str, m) -> float:
     casts = 1 if run.get("adapter_casts") == cost.CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
     grads = 1 if run.get("adapter_grads", "").startswith(cost.GRADS_FROM_GEMM) else m.grads_gain.get(shape, 1.0)
     alloc = 1 if cost.expandable_segments(run) else m.alloc_gain.get(shape, 1.0)
-    return run["tokens_per_s"] * casts * grads * alloc
+    groups = 1 if cost.lora_grouped(run) else m.groups_gain.get(shape, 1.0)
+    return run["tokens_per_s"] * casts * grads * alloc * groups
 
 
 def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, m, steps):
@@ -163,13 +164,15 @@ def test_a_record_with_both_levers_is_taken_back_to_the_rate_without_them(grid, 
     # before the nineteenth took its gradients in bf16: each carried to the backward as it is by its
     # pairs' gain; the runs since count as they are
     since = [r["adapter_casts"] == cost.CASTS_ONCE_PER_STEP for r in runs if "adapter_casts" in r]
-    assert sum(since) == len(since) == 19  # the pairs' runs of the older backward are not "workflow"
+    assert sum(since) == len(since) == 22  # the pairs' runs of the older backward are not "workflow"
     assert 1.0 < m.casts_gain["32b"] < 1.05 and set(m.casts_gain) == {"32b"}
     from_gemm = [r["adapter_grads"].startswith(cost.GRADS_FROM_GEMM) for r in runs if "adapter_grads" in r]
-    assert sum(from_gemm) == len(from_gemm) == 17
+    assert sum(from_gemm) == len(from_gemm) == 20
     assert 1.0 < m.grads_gain["32b"] < 1.05 and set(m.grads_gain) == {"7b", "14b", "32b"}
     # the twenty-second session's: expandable segments (32b's sizing) carried by their pairs where they were off
-    assert sum(cost.expandable_segments(r) for r in runs) == 7 and 1.0 < m.alloc_gain["32b"] < 1.02
+    assert sum(cost.expandable_segments(r) for r in runs) == 10 and 1.0 < m.alloc_gain["32b"] < 1.02
+    # and the fused LoRA layers' sibling groups (since the twenty-second session's last pairs)
+    assert sum(cost.lora_grouped(r) for r in runs) == 3 and set(m.groups_gain) == {"7b", "14b", "32b"}
     rate = sum(carried(r, "32b", m) for r in runs) / len(runs)
     assert 1 / per_token == pytest.approx(rate * cost.row_gain(run, cost.TOKENS_PER_ROW))
     assert 1 / m.train_alone["32b"][1] == pytest.approx(1 / per_token / m.levers_gain_alone["32b"][1])
@@ -233,6 +236,17 @@ def test_expandable_segments_carry_the_runs_without_them_and_cost_a_sizing_that_
     assert cost.train_job(on, "7b", steps).card_s["train"] == pytest.approx(
         cost.train_job(grid, "7b", steps).card_s["train"] / m.alloc_gain["7b"])
     assert cost.train_job(on, "0.5b", steps).card_s == cost.train_job(grid, "0.5b", steps).card_s  # packed: unmeasured
+
+
+def test_sibling_lora_groups_carry_the_runs_of_each_layer_alone(m):
+    """The pairs of grouped against ungrouped fused LoRA layers give a gain per measured shape, the mean
+    of each process's ratio (7b: an AB and a BA process); the pairs' ungrouped runs are not pooled."""
+    records = json.loads((RECORDS / cost.TRAIN_GROUPS).read_text())
+    assert m.groups_gain == pytest.approx(cost.pair_gains(records, cost.lora_grouped))
+    assert set(m.groups_gain) == {"7b", "14b", "32b"} and all(1.0 < g < 1.05 for g in m.groups_gain.values())
+    ungrouped = [r for r in records if not cost.lora_grouped(r)]
+    assert ungrouped and all(r["config"] == "workflow+ungrouped_lora=true" for r in ungrouped)
+    assert not any(r in records_of(cost.TRAIN_WORKFLOW, r["shape"], "workflow") for r in ungrouped)
 
 
 def test_the_8bit_optimizers_per_tensor_steps_and_waits_cost_trainings_alone_where_the_sizing_keeps_them(grid, m, steps):

@@ -176,3 +176,28 @@ def test_the_gemm_writes_float32_gradients_only_on_cuda():
     param = torch.nn.Parameter(torch.zeros(2, 2))
     assert not fused_lora.gemm_writes_float32(torch.zeros(2, 2, dtype=torch.bfloat16), param)
     assert not fused_lora.gemm_writes_float32(torch.zeros(2, 2, dtype=torch.bfloat16, device="meta"), param)
+
+
+def test_siblings_on_one_input_run_as_one_group_node():
+    """q, k, v and gate, up of each decoder layer run as one autograd node each (float64: PEFT's
+    numbers, the test above); a sibling called on another input computes its own output, PEFT's."""
+    model = lora_model(torch.float64)
+    input_ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
+    layers = fused_lora.fuse(model)
+    groups = {id(layer.lora_group): layer.lora_group for layer in layers if layer.lora_group is not None}
+    assert sorted(len(g.layers) for g in groups.values()) == [2, 2, 3, 3]  # 2 decoder layers
+    calls = []
+    apply = fused_lora.GroupLoraFunction.apply
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused_lora.GroupLoraFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+        loss, _ = step(model, input_ids, autocast=False)
+    assert len(calls) == 4 and all(not g.pending for g in groups.values())  # each sibling took its output
+
+    attention = layers[0].lora_group.layers  # q, k, v of the first decoder layer
+    x = torch.randn(2, 5, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    other = torch.randn(2, 5, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    q = attention[0](x)
+    k_other = attention[1](other)  # not the input q's group call was made with
+    fused_lora.unfuse(layers)
+    assert relative_error(q, attention[0](x)) < 1e-12
+    assert relative_error(k_other, attention[1](other)) < 1e-12

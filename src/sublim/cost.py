@@ -49,7 +49,7 @@ TRAIN_WORKFLOW = ("train_flat_optimizer_fifteenth_session.json", "train_dataload
                   "train_python_gc_seventeenth_session.json", "train_adapter_casts_seventeenth_session.json",
                   "train_lora_grads_nineteenth_session.json", "train_lora_grads_twenty_first_session.json",
                   "train_expandable_segments_twenty_second_session.json",
-                  "train_lora_host_path_twenty_second_session.json")
+                  "train_lora_host_path_twenty_second_session.json", "train_lora_groups_twenty_second_session.json")
 # runs under another name that ran that configuration as it is now: expandable segments through the
 # harness's switch before they were a sizing key, and the fused LoRA layers as they are, patched back by a
 # reverted trial's switch (benchmarks/README.md, "Twenty-second session")
@@ -95,6 +95,10 @@ GRADS_FROM_GEMM = "float32 from the GEMM"
 # PyTorch's allocator with expandable segments (sizing expandable_segments) against without (as every
 # record before them ran): pairs in one process per shape and machine, AB and BA
 TRAIN_ALLOC = "train_expandable_segments_twenty_second_session.json"
+# fused LoRA layers with q, k, v and gate, up each one autograd node (stacked A matrices, input gradients
+# summed in the GEMMs) against each layer its own (as every record before them ran): pairs in one process
+TRAIN_GROUPS = "train_lora_groups_twenty_second_session.json"
+GROUPED = "q, k, v and gate, up"
 VLLM_EAGER = "vllm_shapes_h200.json"
 VLLM_HASHED = "vllm_hashed_sampling_h200.json"  # hashed sampling against vLLM's generators, same session
 # compiled generate jobs as the workflow runs them (forked engine, the compile cache filled): what a
@@ -232,6 +236,8 @@ class Measurements:
     grads_gain: dict[str, float] = field(default_factory=dict)
     # tokens/s with expandable segments / without, one training alone (shapes measured)
     alloc_gain: dict[str, float] = field(default_factory=dict)
+    # tokens/s with the fused LoRA layers' sibling groups / each layer alone (shapes measured)
+    groups_gain: dict[str, float] = field(default_factory=dict)
     generate_token: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_generate: dict[str, tuple[float, float]] = field(default_factory=dict)
     start_evaluate: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -303,6 +309,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
     m.casts_gain = casts_gains(need(TRAIN_CASTS))
     m.grads_gain = grads_gains([r for name in TRAIN_GRADS for r in need(name)])
     m.alloc_gain = pair_gains(need(TRAIN_ALLOC), expandable_segments)
+    m.groups_gain = pair_gains(need(TRAIN_GROUPS), lora_grouped)
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
@@ -319,12 +326,13 @@ def load_measurements(records_dir: str | Path) -> Measurements:
 
     def carry_factor(run: dict, shape: str | None) -> float:
         """A run of the configuration as it was, carried to it as it is: the fused LoRA layers' adapter
-        cast once per optimizer step, their gradients in float32 from the GEMM, and expandable segments
-        where a pair measured them at the shape."""
+        cast once per optimizer step, their gradients in float32 from the GEMM, sibling layers grouped, and
+        expandable segments where a pair measured them at the shape."""
         casts = 1.0 if run.get("adapter_casts") == CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
         grads = 1.0 if run.get("adapter_grads", "").startswith(GRADS_FROM_GEMM) else m.grads_gain.get(shape, 1.0)
         alloc = 1.0 if expandable_segments(run) else m.alloc_gain.get(shape, 1.0)
-        return casts * grads * alloc
+        groups = 1.0 if lora_grouped(run) else m.groups_gain.get(shape, 1.0)
+        return casts * grads * alloc * groups
 
     for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
         configurations = (configuration, *WORKFLOW_ALIASES) if configuration == "workflow" else (configuration,)
@@ -423,6 +431,11 @@ def expandable_segments(run: dict) -> bool:
     """Whether a training run's allocator had expandable segments: its sizing's key, or the flag of the
     runs that set them through the harness's switch before the key existed."""
     return bool((run.get("sizing") or {}).get("expandable_segments") or run.get("expandable_segments"))
+
+
+def lora_grouped(run: dict) -> bool:
+    """Whether a training run's fused LoRA layers ran sibling layers as one node (sublim.fused_lora)."""
+    return run.get("lora_groups", "").startswith(GROUPED)
 
 
 def switch_gains(records: list[dict], key: str) -> dict[str, tuple[float, float]]:
@@ -606,6 +619,10 @@ def assumptions(m: Measurements) -> list[str]:
         f"carried to them by the pairs in {TRAIN_ALLOC} (the mean of each process's ratio: "
         + ", ".join(f"{s} x {v:.3f}" for s, v in sorted(m.alloc_gain.items(), key=lambda i: _shape_params(i[0])))
         + "), a training alone whose sizing turns them off at a measured shape paying the gain back; "
+        "fused LoRA layers running q, k, v and gate, up as one autograd node each: the records of each layer "
+        f"alone carried by the pairs in {TRAIN_GROUPS} ("
+        + ", ".join(f"{s} x {v:.3f}" for s, v in sorted(m.groups_gain.items(), key=lambda i: _shape_params(i[0])))
+        + "; 0.5b-3b, not measured, keep their records' rate); "
         f"runs named {' or '.join(WORKFLOW_ALIASES)} ran the configuration as it is and are pooled with it; "
         "a job's imports and model load before its first step counted (the mean import of fresh processes, "
         f"{m.train_import_s:.1f} s, and the load from the page cache onto the GPU measured at "

@@ -10,9 +10,14 @@ micro-batch, and a LoRA scale of 1 (the presets' alpha = r) multiplies nothing: 
 for the host to launch, the same values. The adapter's gradients come out of their GEMMs in the
 adapter's float32 on CUDA (no rounding to bf16 and no cast kernel after), and a step's later
 micro-batches add theirs into the gradient already there inside the GEMM (no separate sum):
-Megatron's gradient-accumulation fusion, for the LoRA weights. Training only: `FusedLoraLayers` swaps the layers' forward
-when training begins, forgets the casts when each optimizer step begins, and gives PEFT's forward
-back when training ends (saving, merging and generation see PEFT's own layers).
+Megatron's gradient-accumulation fusion, for the LoRA weights. Sibling layers that their module
+calls one after another on the same input (attention's q, k and v; the MLP's gate and up) run as one
+autograd node (`LoraGroup`): one low-rank GEMM against their stacked A matrices instead of one each,
+one for the A matrices' gradients, and their input gradients summed inside a chain of GEMMs instead of
+by autograd's add kernels afterwards: fewer passes over the layers' input and its gradient (1.01-1.03x
+at 7b-32b on an H200, benchmarks/README.md "Twenty-second session"). Training only: `FusedLoraLayers`
+swaps the layers' forward when training begins, forgets the casts when each optimizer step begins,
+and gives PEFT's forward back when training ends (saving, merging and generation see PEFT's own layers).
 """
 
 from __future__ import annotations
@@ -63,6 +68,78 @@ class LoraLinearFunction(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
+class GroupLoraFunction(torch.autograd.Function):
+    """k LoRA layers on one input x: y_i = x W_iᵀ + b_i + (x Aᵀ)[:, r_i] s_i B_iᵀ, A the k adapters' A
+    matrices stacked (`a_stack`), `b_scaled` their s·B in the matmuls' dtype; gradients for x and every
+    adapter. `tensors`: the k base weights and biases, then the k adapters' A and B parameters."""
+
+    @staticmethod
+    def forward(ctx, x, a_stack, b_scaled, scalings, *tensors):
+        k, dtype = len(b_scaled), a_stack.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
+            weights = [w.to(dtype) for w in tensors[0:2 * k:2]]
+            biases = [None if b is None else b.to(dtype) for b in tensors[1:2 * k:2]]
+            low_rank = x2d @ a_stack.t()
+            outs, start = [], 0
+            for weight, bias, b in zip(weights, biases, b_scaled):
+                out = F.linear(x2d, weight, bias)
+                out.addmm_(low_rank[:, start:start + b.shape[1]], b.t())
+                start += b.shape[1]
+                outs.append(out.view(*x.shape[:-1], out.shape[-1]))
+        ctx.save_for_backward(x2d, a_stack, low_rank, *weights, *b_scaled)
+        ctx.k, ctx.scalings, ctx.x_shape, ctx.x_dtype = k, scalings, x.shape, x.dtype
+        ctx.lora_params = tensors[2 * k:]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads_out):
+        x2d, a_stack, low_rank, *rest = ctx.saved_tensors
+        k, params = ctx.k, ctx.lora_params
+        weights, b_scaled = rest[:k], rest[k:]
+        ranks = [b.shape[1] for b in b_scaled]
+        with torch.autocast(x2d.device.type, enabled=False):
+            gs = [None if g is None else g.reshape(-1, g.shape[-1]).to(x2d.dtype) for g in grads_out]
+            grad_bs, parts, start = [], [], 0
+            for i, (g, b, rank) in enumerate(zip(gs, b_scaled, ranks)):
+                if g is None:  # an output nothing used
+                    grad_bs.append(None)
+                    parts.append(x2d.new_zeros(x2d.shape[0], rank))
+                else:
+                    grad_bs.append(weight_grad(g.t(), low_rank[:, start:start + rank], params[2 * i + 1],
+                                               ctx.scalings[i]))
+                    parts.append(g @ b)
+                start += rank
+            grad_low_rank = torch.cat(parts, dim=1)
+            grad_as = stacked_weight_grads(grad_low_rank, x2d, params[0::2], ranks)
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = grad_low_rank @ a_stack
+                for g, weight in zip(gs, weights):  # summed in the GEMMs, not by autograd's adds
+                    if g is not None:
+                        grad_x.addmm_(g, weight)
+                grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
+        adapters = [grad for pair in zip(grad_as, grad_bs) for grad in pair]
+        return (grad_x, None, None, None, *[None] * (2 * k), *adapters)
+
+
+def stacked_weight_grads(grad_low_rank: torch.Tensor, x2d: torch.Tensor, params, ranks) -> list:
+    """The A matrices' gradients of a group: where none holds one yet, one GEMM for all of them (the
+    input read once), split by rows; else each as `weight_grad` takes it (added where one is held)."""
+    if all(p.grad is None for p in params):
+        first = params[0]
+        if gemm_writes_float32(grad_low_rank, first):
+            stacked = torch.mm(grad_low_rank.t(), x2d, out_dtype=torch.float32)
+        else:
+            stacked = (grad_low_rank.t() @ x2d).to(first.dtype)
+        return list(stacked.split(ranks, dim=0))
+    grads, start = [], 0
+    for param, rank in zip(params, ranks):
+        grads.append(weight_grad(grad_low_rank[:, start:start + rank].t(), x2d, param))
+        start += rank
+    return grads
+
+
 def gemm_writes_float32(m1: torch.Tensor, param: torch.Tensor) -> bool:
     """Whether the GEMM itself can write `param`'s float32 gradient from bf16/fp16 factors
     (torch's mm/addmm with out_dtype: CUDA only)."""
@@ -108,6 +185,8 @@ def forget_casts(layers: list) -> None:
     """Drop the kept casts: call it whenever the adapters' weights or scales may have changed."""
     for layer in layers:
         layer.adapter_casts.clear()
+        if layer.lora_group is not None:
+            layer.lora_group.forget()
 
 
 def fusable(layer) -> bool:
@@ -123,14 +202,81 @@ def fusable(layer) -> bool:
             and (layer.base_layer.bias is None or not layer.base_layer.bias.requires_grad))
 
 
+# Sibling layers a module calls one after another on the same input (transformers' Qwen2 attention
+# and MLP, Liger's SwiGLU MLP)
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class LoraGroup:
+    """Fused sibling layers: the first of them called on an input computes all their outputs in one
+    `GroupLoraFunction` node and keeps the others' until each sibling asks for its own with that same
+    input (a sibling called on another input computes its own output alone)."""
+
+    def __init__(self, layers: list):
+        self.layers, self.x, self.pending, self.casts = layers, None, {}, {}
+
+    def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.x is x and index in self.pending:
+            out = self.pending.pop(index)
+            if not self.pending:
+                self.x = None
+            return out
+        if any(layer.merged or layer.disable_adapters for layer in self.layers):
+            return single_output(self.layers[index], x)
+        outs = self.apply(x)
+        self.x, self.pending = x, {i: out for i, out in enumerate(outs) if i != index}
+        return outs[index]
+
+    def apply(self, x: torch.Tensor) -> tuple:
+        dtype = compute_dtype(x)
+        a_stack, b_scaled = self.adapter_weights(dtype)
+        tensors, params = [], []
+        for layer in self.layers:
+            name = layer.fused_adapter
+            tensors += [layer.base_layer.weight, layer.base_layer.bias]
+            params += [layer.lora_A[name].weight, layer.lora_B[name].weight]
+        scalings = tuple(layer.scaling[layer.fused_adapter] for layer in self.layers)
+        return GroupLoraFunction.apply(x, a_stack, b_scaled, scalings, *tensors, *params)
+
+    def adapter_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, tuple]:
+        """The stacked A and each s·B in `dtype`, kept until `forget_casts`, as each layer's are."""
+        cached = self.casts.get(dtype)
+        if cached is None:
+            casts = [adapter_weights(layer, layer.fused_adapter, dtype) for layer in self.layers]
+            cached = self.casts[dtype] = (torch.cat([a for a, _ in casts]), tuple(b for _, b in casts))
+        return cached
+
+    def forget(self) -> None:
+        self.x, self.pending = None, {}
+        self.casts.clear()
+
+
+def lora_groups(model, layers: list) -> list[LoraGroup]:
+    """The groups of `layers` (fused layers of `model`) that are siblings under one module."""
+    fused = {id(layer) for layer in layers}
+    groups = []
+    for module in model.modules():
+        for names in SIBLINGS:
+            members = [getattr(module, name, None) for name in names]
+            if all(id(member) in fused for member in members):
+                groups.append(LoraGroup(members))
+    return groups
+
+
+def single_output(layer, x):
+    name = layer.fused_adapter
+    a, b_scaled = adapter_weights(layer, name, compute_dtype(x))
+    return LoraLinearFunction.apply(x, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A[name].weight,
+                                    layer.lora_B[name].weight, layer.scaling[name], a, b_scaled)
+
+
 def fused_forward(self, x, *args, **kwargs):
     # fuse() checked the layer; a merge or disabled adapters since, or extra arguments: PEFT's forward
     if args or kwargs or self.merged or self.disable_adapters:
         return type(self).forward(self, x, *args, **kwargs)
-    name = self.fused_adapter
-    a, b_scaled = adapter_weights(self, name, compute_dtype(x))
-    return LoraLinearFunction.apply(x, self.base_layer.weight, self.base_layer.bias, self.lora_A[name].weight,
-                                    self.lora_B[name].weight, self.scaling[name], a, b_scaled)
+    if self.lora_group is not None:
+        return self.lora_group.output(self.group_index, x)
+    return single_output(self, x)
 
 
 def fuse(model) -> list:
@@ -140,14 +286,18 @@ def fuse(model) -> list:
     for layer in layers:
         layer.fused_adapter = next(name for name in layer.active_adapters if name in layer.lora_A)
         layer.adapter_casts = {}
+        layer.lora_group, layer.group_index = None, None
         layer.forward = types.MethodType(fused_forward, layer)
+    for group in lora_groups(model, layers):
+        for index, layer in enumerate(group.layers):
+            layer.lora_group, layer.group_index = group, index
     return layers
 
 
 def unfuse(layers: list) -> None:
     for layer in layers:
         # the instance attributes: the class's (PEFT's) forward again
-        del layer.forward, layer.fused_adapter, layer.adapter_casts
+        del layer.forward, layer.fused_adapter, layer.adapter_casts, layer.lora_group, layer.group_index
 
 
 class FusedLoraLayers(TrainerCallback):
