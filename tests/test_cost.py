@@ -226,9 +226,9 @@ def test_expandable_segments_carry_the_runs_without_them_and_cost_a_sizing_that_
     assert m.alloc_gain == pytest.approx(cost.pair_gains(records, cost.expandable_segments))
     assert m.alloc_gain["32b"] > 1.0 > m.alloc_gain["7b"]
     assert [cost.sizing_for(grid, s)["expandable_segments"] for s in ("7b", "14b", "32b")] == [False, True, True]
-    off = with_default_sizing(grid, expandable_segments=False)
-    off["sizing"] = {size: {k: v for k, v in (grid["sizing"].get(size) or {}).items() if k != "expandable_segments"}
-                     if size != "default" else off["sizing"]["default"] for size in grid["sizing"]}
+    off = copy.deepcopy(grid)
+    for size in ("14b", "32b"):
+        del off["sizing"][size]["expandable_segments"]
     for size in ("14b", "32b"):
         assert cost.train_job(off, size, steps).card_s["train"] == pytest.approx(
             cost.train_job(grid, size, steps).card_s["train"] * m.alloc_gain[size])
