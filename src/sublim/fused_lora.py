@@ -76,19 +76,19 @@ class GroupLoraFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a_stack, b_scaled, scalings, *tensors):
         k, dtype = len(b_scaled), a_stack.dtype
+        ranks = [b.shape[1] for b in b_scaled]  # each adapter's share of the stacked low-rank columns
         with torch.autocast(x.device.type, enabled=False):
             x2d = x.reshape(-1, x.shape[-1]).to(dtype)
             weights = [w.to(dtype) for w in tensors[0:2 * k:2]]
             biases = [None if b is None else b.to(dtype) for b in tensors[1:2 * k:2]]
             low_rank = x2d @ a_stack.t()
-            outs, start = [], 0
-            for weight, bias, b in zip(weights, biases, b_scaled):
+            outs = []
+            for weight, bias, b, own in zip(weights, biases, b_scaled, low_rank.split(ranks, dim=1)):
                 out = F.linear(x2d, weight, bias)
-                out.addmm_(low_rank[:, start:start + b.shape[1]], b.t())
-                start += b.shape[1]
+                out.addmm_(own, b.t())
                 outs.append(out.view(*x.shape[:-1], out.shape[-1]))
         ctx.save_for_backward(x2d, a_stack, low_rank, *weights, *b_scaled)
-        ctx.k, ctx.scalings, ctx.x_shape, ctx.x_dtype = k, scalings, x.shape, x.dtype
+        ctx.k, ctx.ranks, ctx.scalings, ctx.x_shape, ctx.x_dtype = k, ranks, scalings, x.shape, x.dtype
         ctx.lora_params = tensors[2 * k:]
         return tuple(outs)
 
@@ -97,21 +97,19 @@ class GroupLoraFunction(torch.autograd.Function):
         x2d, a_stack, low_rank, *rest = ctx.saved_tensors
         k, params = ctx.k, ctx.lora_params
         weights, b_scaled = rest[:k], rest[k:]
-        ranks = [b.shape[1] for b in b_scaled]
         with torch.autocast(x2d.device.type, enabled=False):
             gs = [None if g is None else g.reshape(-1, g.shape[-1]).to(x2d.dtype) for g in grads_out]
-            grad_bs, parts, start = [], [], 0
-            for i, (g, b, rank) in enumerate(zip(gs, b_scaled, ranks)):
+            grad_bs, parts = [], []
+            for g, b, own, lora_b, scaling in zip(gs, b_scaled, low_rank.split(ctx.ranks, dim=1),
+                                                  params[1::2], ctx.scalings):
                 if g is None:  # an output nothing used
                     grad_bs.append(None)
-                    parts.append(x2d.new_zeros(x2d.shape[0], rank))
+                    parts.append(x2d.new_zeros(own.shape))
                 else:
-                    grad_bs.append(weight_grad(g.t(), low_rank[:, start:start + rank], params[2 * i + 1],
-                                               ctx.scalings[i]))
+                    grad_bs.append(weight_grad(g.t(), own, lora_b, scaling))
                     parts.append(g @ b)
-                start += rank
             grad_low_rank = torch.cat(parts, dim=1)
-            grad_as = stacked_weight_grads(grad_low_rank, x2d, params[0::2], ranks)
+            grad_as = stacked_weight_grads(grad_low_rank, x2d, params[0::2], ctx.ranks)
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = grad_low_rank @ a_stack
@@ -123,21 +121,13 @@ class GroupLoraFunction(torch.autograd.Function):
         return (grad_x, None, None, None, *[None] * (2 * k), *adapters)
 
 
-def stacked_weight_grads(grad_low_rank: torch.Tensor, x2d: torch.Tensor, params, ranks) -> list:
+def stacked_weight_grads(grad_low_rank: torch.Tensor, x2d: torch.Tensor, params, ranks: list[int]) -> list:
     """The A matrices' gradients of a group: where none holds one yet, one GEMM for all of them (the
-    input read once), split by rows; else each as `weight_grad` takes it (added where one is held)."""
+    input read once; `weight_grad` as for the first, whose dtype they share), split by rows; else each
+    as `weight_grad` takes it (added where one is held)."""
     if all(p.grad is None for p in params):
-        first = params[0]
-        if gemm_writes_float32(grad_low_rank, first):
-            stacked = torch.mm(grad_low_rank.t(), x2d, out_dtype=torch.float32)
-        else:
-            stacked = (grad_low_rank.t() @ x2d).to(first.dtype)
-        return list(stacked.split(ranks, dim=0))
-    grads, start = [], 0
-    for param, rank in zip(params, ranks):
-        grads.append(weight_grad(grad_low_rank[:, start:start + rank].t(), x2d, param))
-        start += rank
-    return grads
+        return list(weight_grad(grad_low_rank.t(), x2d, params[0]).split(ranks, dim=0))
+    return [weight_grad(own.t(), x2d, param) for own, param in zip(grad_low_rank.split(ranks, dim=1), params)]
 
 
 def gemm_writes_float32(m1: torch.Tensor, param: torch.Tensor) -> bool:
@@ -230,13 +220,13 @@ class LoraGroup:
     def apply(self, x: torch.Tensor) -> tuple:
         dtype = compute_dtype(x)
         a_stack, b_scaled = self.adapter_weights(dtype)
-        tensors, params = [], []
+        tensors, params, scalings = [], [], []
         for layer in self.layers:
             name = layer.fused_adapter
             tensors += [layer.base_layer.weight, layer.base_layer.bias]
             params += [layer.lora_A[name].weight, layer.lora_B[name].weight]
-        scalings = tuple(layer.scaling[layer.fused_adapter] for layer in self.layers)
-        return GroupLoraFunction.apply(x, a_stack, b_scaled, scalings, *tensors, *params)
+            scalings.append(layer.scaling[name])
+        return GroupLoraFunction.apply(x, a_stack, b_scaled, tuple(scalings), *tensors, *params)
 
     def adapter_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, tuple]:
         """The stacked A and each s·B in `dtype`, kept until `forget_casts`, as each layer's are."""
