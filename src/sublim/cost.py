@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from importlib import resources
@@ -306,10 +307,13 @@ def load_measurements(records_dir: str | Path) -> Measurements:
 
     m.async_gain = switch_gains(need(TRAIN_ASYNC), "async_8bit_optimizer")
     m.flat_gain = switch_gains(need(TRAIN_FLAT), "flat_8bit_optimizer")
-    m.casts_gain = casts_gains(need(TRAIN_CASTS))
-    m.grads_gain = grads_gains([r for name in TRAIN_GRADS for r in need(name)])
+    m.casts_gain = pair_gains(need(TRAIN_CASTS), casts_once_per_step)
+    m.grads_gain = pair_gains([r for name in TRAIN_GRADS for r in need(name)], grads_from_gemm)
     m.alloc_gain = pair_gains(need(TRAIN_ALLOC), expandable_segments)
     m.groups_gain = pair_gains(need(TRAIN_GROUPS), lora_grouped)
+    # what a run of the configuration as it was lacks, and what each lack's pairs measured
+    carried = ((casts_once_per_step, m.casts_gain), (grads_from_gemm, m.grads_gain),
+               (expandable_segments, m.alloc_gain), (lora_grouped, m.groups_gain))
     for record_key, gains in lever_gains(need(TRAIN_LEVERS)).items():
         shape, packed = record_key
         (m.levers_gain_packed if packed else m.levers_gain_alone)[shape] = (_shape_params(shape), gains)
@@ -328,11 +332,7 @@ def load_measurements(records_dir: str | Path) -> Measurements:
         """A run of the configuration as it was, carried to it as it is: the fused LoRA layers' adapter
         cast once per optimizer step, their gradients in float32 from the GEMM, sibling layers grouped, and
         expandable segments where a pair measured them at the shape."""
-        casts = 1.0 if run.get("adapter_casts") == CASTS_ONCE_PER_STEP else m.casts_gain.get(shape, 1.0)
-        grads = 1.0 if run.get("adapter_grads", "").startswith(GRADS_FROM_GEMM) else m.grads_gain.get(shape, 1.0)
-        alloc = 1.0 if expandable_segments(run) else m.alloc_gain.get(shape, 1.0)
-        groups = 1.0 if lora_grouped(run) else m.groups_gain.get(shape, 1.0)
-        return casts * grads * alloc * groups
+        return math.prod(1.0 if has(run) else gains.get(shape, 1.0) for has, gains in carried)
 
     for shape, (names, configuration, _optimizer) in TRAIN_ALONE.items():
         configurations = (configuration, *WORKFLOW_ALIASES) if configuration == "workflow" else (configuration,)
@@ -417,14 +417,14 @@ def pair_gains(records: list[dict], on) -> dict[str, float]:
     return {shape: statistics.mean(values) for shape, values in ratios.items()}
 
 
-def casts_gains(records: list[dict]) -> dict[str, float]:
-    """Per shape: tokens/s with the adapter cast once per optimizer step over once per micro-batch."""
-    return pair_gains(records, lambda r: r.get("adapter_casts") == CASTS_ONCE_PER_STEP)
+def casts_once_per_step(run: dict) -> bool:
+    """Whether a training run's fused LoRA layers cast their adapter once per optimizer step."""
+    return run.get("adapter_casts") == CASTS_ONCE_PER_STEP
 
 
-def grads_gains(records: list[dict]) -> dict[str, float]:
-    """Per shape: tokens/s with the adapter's gradients in float32 from the GEMM over bf16 ones cast."""
-    return pair_gains(records, lambda r: r.get("adapter_grads", "").startswith(GRADS_FROM_GEMM))
+def grads_from_gemm(run: dict) -> bool:
+    """Whether a training run's fused LoRA layers took the adapter's gradients in float32 from the GEMM."""
+    return run.get("adapter_grads", "").startswith(GRADS_FROM_GEMM)
 
 
 def expandable_segments(run: dict) -> bool:
